@@ -1,1 +1,226 @@
+//! Client for custodyd: an async client that pipelines requests on one connection (responses
+//! matched by `id`), and a blocking wrapper for synchronous callers.
 #![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use custody_proto::ops::{names, HelloArgs, HelloResult};
+use custody_proto::{frame, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+
+pub use custody_proto as proto;
+
+/// Default socket path when neither `--socket` nor `$CUSTODY_SOCKET` is given.
+pub const DEFAULT_SOCKET: &str = "/run/custodyd/custodyd.sock";
+
+/// The socket path from `$CUSTODY_SOCKET`, else [`DEFAULT_SOCKET`].
+pub fn default_socket() -> PathBuf {
+    std::env::var_os("CUSTODY_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting or talking to the socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The server answered with an error.
+    #[error("{0}")]
+    Server(WireError),
+    /// The server's bytes did not follow the protocol, or the connection closed mid-request.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server's error, if that is what this is.
+    pub fn server(&self) -> Option<&WireError> {
+        match self {
+            ClientError::Server(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
+
+/// An async, pipelining connection. Clone-free: share it behind an `Arc`; every method takes `&self`.
+pub struct Client {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU64,
+    max_frame: u32,
+    hello: HelloResult,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Client {
+    /// Connects and negotiates the protocol version with `hello`.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path.as_ref()).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot connect to {}: {e}", path.as_ref().display()),
+            )
+        })?;
+        let (rd, wr) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let reader = tokio::spawn(read_loop(rd, pending.clone()));
+        let mut client = Client {
+            writer: tokio::sync::Mutex::new(wr),
+            pending,
+            next_id: AtomicU64::new(1),
+            max_frame: DEFAULT_MAX_FRAME,
+            hello: HelloResult {
+                version: 0,
+                server: String::new(),
+                max_frame: DEFAULT_MAX_FRAME,
+                max_in_flight: 1,
+            },
+            reader,
+        };
+        let hello: HelloResult = client
+            .call(
+                names::HELLO,
+                &HelloArgs {
+                    version: PROTOCOL_VERSION,
+                    client: Some(concat!("custody-client ", env!("CARGO_PKG_VERSION")).into()),
+                },
+            )
+            .await?;
+        client.max_frame = hello.max_frame;
+        client.hello = hello;
+        Ok(client)
+    }
+
+    /// What the server said in `hello`.
+    pub fn server_hello(&self) -> &HelloResult {
+        &self.hello
+    }
+
+    /// Sends one request and waits for its response; other calls may be in flight meanwhile.
+    pub async fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        op: &str,
+        args: &A,
+    ) -> Result<R, ClientError> {
+        let resp = self.call_raw(op, args).await?;
+        resp.into_result().map_err(ClientError::Server)
+    }
+
+    /// Like [`Client::call`] but returns the raw response.
+    pub async fn call_raw<A: Serialize>(
+        &self,
+        op: &str,
+        args: &A,
+    ) -> Result<Response, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = Request::new(id, op, args).map_err(ClientError::Server)?;
+        let body = req.encode().map_err(ClientError::Server)?;
+        let bytes = frame::encode(&body, self.max_frame)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = lock(&self.pending);
+            match p.as_mut() {
+                Some(m) => m.insert(id, tx),
+                None => return Err(ClientError::Protocol("connection closed".into())),
+            };
+        }
+        {
+            let mut w = self.writer.lock().await;
+            if let Err(e) = w.write_all(&bytes).await {
+                if let Some(m) = lock(&self.pending).as_mut() {
+                    m.remove(&id);
+                }
+                return Err(e.into());
+            }
+        }
+        rx.await
+            .map_err(|_| ClientError::Protocol("connection closed before the response".into()))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+async fn read_loop(mut rd: OwnedReadHalf, pending: Pending) {
+    loop {
+        let mut header = [0u8; frame::HEADER_LEN];
+        if rd.read_exact(&mut header).await.is_err() {
+            break;
+        }
+        let Ok(len) = frame::body_len(header, u32::MAX) else {
+            break;
+        };
+        let mut body = vec![0u8; len];
+        if rd.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        let Ok(resp) = Response::decode(&body) else {
+            break;
+        };
+        let mut p = lock(&pending);
+        let Some(map) = p.as_mut() else { break };
+        if let Some(tx) = map.remove(&resp.id) {
+            let _ = tx.send(resp);
+        } else if resp.id == 0 {
+            // A connection-level error (e.g. frame too large): fail every waiter with it.
+            for (_, tx) in map.drain() {
+                let _ = tx.send(resp.clone());
+            }
+        }
+    }
+    // Dropping the senders wakes every waiter with "connection closed".
+    lock(&pending).take();
+}
+
+/// A blocking wrapper with its own single-threaded runtime.
+pub struct BlockingClient {
+    rt: tokio::runtime::Runtime,
+    inner: Client,
+}
+
+impl BlockingClient {
+    /// Connects and says `hello`.
+    pub fn connect(path: impl AsRef<Path>) -> Result<BlockingClient, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let inner = rt.block_on(Client::connect(path))?;
+        Ok(BlockingClient { rt, inner })
+    }
+
+    /// Sends one request and waits for the typed result.
+    pub fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        op: &str,
+        args: &A,
+    ) -> Result<R, ClientError> {
+        self.rt.block_on(self.inner.call(op, args))
+    }
+
+    /// The async client underneath.
+    pub fn inner(&self) -> &Client {
+        &self.inner
+    }
+}

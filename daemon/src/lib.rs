@@ -4,4 +4,16 @@
 //! operations for local processes over a Unix socket, with per-uid authorization and an audit log.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod auth;
 pub mod backend;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod ops;
+pub mod server;
+pub mod setup;
+pub mod state;
+
+/// Server name and version reported by `hello` and `status`.
+pub const SERVER_NAME: &str = concat!("custodyd ", env!("CARGO_PKG_VERSION"));

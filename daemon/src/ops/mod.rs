@@ -1,0 +1,136 @@
+//! Operations: argument decoding, authorization, audit and counting around each op family.
+//! Handlers never know which backend holds a key.
+
+mod admin;
+mod basic;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ciborium::Value;
+use custody_proto::ops::names;
+use custody_proto::{ErrorCode, Request, Response, WireError};
+use serde::Serialize;
+
+use crate::audit::Record;
+use crate::auth::Peer;
+use crate::error::OpError;
+use crate::state::App;
+
+/// Per-request context: who asks, and what the audit line will say.
+pub struct Ctx {
+    /// Shared state.
+    pub app: Arc<App>,
+    /// The caller.
+    pub peer: Peer,
+    /// Op name.
+    pub op: &'static str,
+    /// Role that allowed the op.
+    pub role: Option<String>,
+    /// Key named by the op.
+    pub key: Option<String>,
+    /// Key version used.
+    pub version: Option<u32>,
+}
+
+impl Ctx {
+    /// Checks that the caller may run this op on `key` (None: an op without a key); records
+    /// the key and role for the audit line.
+    pub fn authorize(&mut self, key: Option<&str>) -> Result<(), OpError> {
+        if self.key.is_none() {
+            self.key = key.map(str::to_owned);
+        }
+        let policy = self.app.policy();
+        let role = policy.check(&self.peer, self.op, key)?;
+        if self.role.is_none() {
+            self.role = Some(role.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Runs blocking work (backends, registry) on a worker thread, bounded by the op timeout.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, OpError>
+    where
+        F: FnOnce(&App) -> Result<T, OpError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let app = self.app.clone();
+        let limit = app.config.server.op_timeout();
+        let task = tokio::task::spawn_blocking(move || f(&app));
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(OpError::internal(format!("operation failed: {e}"))),
+            Err(_) => Err(OpError::new(
+                ErrorCode::BackendUnavailable,
+                format!("operation did not finish within {}s", limit.as_secs()),
+            )),
+        }
+    }
+}
+
+/// Encodes a typed result.
+pub fn encode<T: Serialize>(v: &T) -> Result<Value, OpError> {
+    custody_proto::message::to_value(v).map_err(OpError::from)
+}
+
+type OpResult = Result<Value, OpError>;
+
+/// Runs one request: decode, authorize, execute, audit, count.
+pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
+    let start = Instant::now();
+    let op = names::ALL.iter().copied().find(|n| *n == req.op);
+    let Some(op) = op else {
+        app.stats.count(&req.op, false);
+        let shown: String = req.op.chars().take(64).collect();
+        return Response::err(
+            req.id,
+            WireError::new(
+                ErrorCode::UnknownOp,
+                format!("unknown op `{}`", shown.escape_default()),
+            ),
+        );
+    };
+    let mut ctx = Ctx {
+        app: app.clone(),
+        peer: peer.clone(),
+        op,
+        role: None,
+        key: None,
+        version: None,
+    };
+    let result: OpResult = match op {
+        names::PING => basic::ping(&mut ctx, &req).await,
+        names::STATUS => basic::status(&mut ctx, &req).await,
+        names::KEYS_CREATE => admin::create(&mut ctx, &req).await,
+        names::KEYS_LIST => admin::list(&mut ctx, &req).await,
+        names::KEYS_SHOW => admin::show(&mut ctx, &req).await,
+        names::KEYS_ROTATE => admin::rotate(&mut ctx, &req).await,
+        names::KEYS_RETIRE => admin::retire(&mut ctx, &req).await,
+        names::KEYS_DESTROY => admin::destroy(&mut ctx, &req).await,
+        _ => Err(OpError::new(
+            ErrorCode::UnknownOp,
+            format!("op `{op}` is not available in this build"),
+        )),
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code.as_str(),
+    };
+    app.stats.count(op, result.is_ok());
+    app.audit.write(&Record::new(
+        peer,
+        ctx.role.as_deref(),
+        op,
+        ctx.key.as_deref(),
+        ctx.version,
+        outcome,
+        start.elapsed(),
+    ));
+    match result {
+        Ok(v) => Response {
+            id: req.id,
+            result: Ok(v),
+        },
+        Err(e) => Response::err(req.id, e.into()),
+    }
+}
