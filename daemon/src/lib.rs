@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod format;
 pub mod keys;
 pub mod ops;
 pub mod server;
