@@ -3,6 +3,12 @@
 
 mod admin;
 mod basic;
+mod decrypt;
+mod envelope;
+mod keyuse;
+mod public;
+mod rewrap;
+mod sign;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -107,9 +113,18 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
         names::KEYS_ROTATE => admin::rotate(&mut ctx, &req).await,
         names::KEYS_RETIRE => admin::retire(&mut ctx, &req).await,
         names::KEYS_DESTROY => admin::destroy(&mut ctx, &req).await,
+        names::KEYS_PUBLIC => public::public(&mut ctx, &req).await,
+        names::SIGN => sign::sign(&mut ctx, &req).await,
+        names::SIGN_BATCH => sign::sign_batch(&mut ctx, &req).await,
+        names::SIGN_JWT => sign::sign_jwt(&mut ctx, &req).await,
+        names::DECRYPT => decrypt::decrypt(&mut ctx, &req).await,
+        names::UNWRAP => decrypt::unwrap(&mut ctx, &req).await,
+        names::ENVELOPE_SEAL => envelope::seal(&mut ctx, &req).await,
+        names::ENVELOPE_OPEN => envelope::open(&mut ctx, &req).await,
+        names::REWRAP => rewrap::rewrap(&mut ctx, &req).await,
         _ => Err(OpError::new(
             ErrorCode::UnknownOp,
-            format!("op `{op}` is not available in this build"),
+            format!("unknown op `{op}`"),
         )),
     };
     let outcome = match &result {

@@ -1,0 +1,151 @@
+//! Helpers shared by the operations that use a key: choosing the version, calling the backend,
+//! encrypting to a public key.
+
+use std::sync::Arc;
+
+use custody_proto::ErrorCode;
+use rsa::pkcs8::DecodePublicKey;
+use rsa::traits::PublicKeyParts;
+use rsa::{Oaep, RsaPublicKey};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::backend::{KeyKind, SignScheme};
+use crate::error::OpError;
+use crate::format::thumbprint::thumbprint;
+use crate::keys::{require_kind, usable, KeyRecord, VersionRecord};
+use crate::state::App;
+
+/// Largest OAEP label accepted.
+pub const MAX_LABEL: usize = 1024;
+
+/// Parses a scheme name (`pkcs1v15` default, `pss`).
+pub fn scheme(s: Option<&str>) -> Result<SignScheme, OpError> {
+    match s {
+        None | Some("pkcs1v15") => Ok(SignScheme::Pkcs1v15),
+        Some("pss") => Ok(SignScheme::Pss),
+        Some(o) => Err(OpError::bad(format!(
+            "unknown scheme `{}` (pkcs1v15, pss)",
+            o.escape_default()
+        ))),
+    }
+}
+
+/// The version chosen for a decryption: by number, else by thumbprint prefix, else current.
+pub fn decrypt_version<'a>(
+    rec: &'a KeyRecord,
+    version: Option<u32>,
+    thumb_prefix: Option<&[u8]>,
+) -> Result<&'a VersionRecord, OpError> {
+    let v = if let Some(n) = version {
+        rec.version(n).ok_or_else(|| {
+            OpError::new(
+                ErrorCode::NotFound,
+                format!("key `{}` has no version {n}", rec.name),
+            )
+        })?
+    } else if let Some(p) = thumb_prefix {
+        if p.is_empty() || p.len() > 32 {
+            return Err(OpError::bad("a thumbprint prefix has 1 to 32 bytes"));
+        }
+        let mut hits = rec
+            .versions
+            .iter()
+            .filter(|v| v.thumbprint.is_some_and(|t| t.starts_with(p)));
+        let first = hits.next().ok_or_else(|| {
+            OpError::new(
+                ErrorCode::NotFound,
+                format!("no version of `{}` has that thumbprint", rec.name),
+            )
+        })?;
+        if hits.next().is_some() {
+            return Err(OpError::bad("thumbprint prefix matches several versions"));
+        }
+        first
+    } else {
+        rec.current().ok_or_else(|| {
+            OpError::new(
+                ErrorCode::KeyRetired,
+                format!("key `{}` has no active version", rec.name),
+            )
+        })?
+    };
+    usable(rec, v)?;
+    Ok(v)
+}
+
+/// RSA-OAEP-SHA256 decryption with a version of an `rsa2048-oaep` key.
+pub fn oaep_decrypt(
+    app: &App,
+    rec: &KeyRecord,
+    v: &VersionRecord,
+    ciphertext: &[u8],
+    label: &[u8],
+    op: &str,
+) -> Result<Zeroizing<Vec<u8>>, OpError> {
+    require_kind(rec, KeyKind::Rsa2048Oaep, op)?;
+    if ciphertext.len() != 256 {
+        return Err(OpError::bad(format!(
+            "RSA-2048 ciphertext is 256 bytes; got {}",
+            ciphertext.len()
+        )));
+    }
+    if label.len() > MAX_LABEL {
+        return Err(OpError::bad("OAEP label is limited to 1024 bytes"));
+    }
+    Ok(app
+        .keys
+        .backend(rec.backend)?
+        .decrypt_oaep(&v.backend_ref, ciphertext, label)?)
+}
+
+/// The recipient of a (re-)encryption: a named key's current version or an external key.
+pub struct Recipient {
+    /// SHA-256 of `spki`.
+    pub thumbprint: [u8; 32],
+    /// Key version, for a named key.
+    pub version: Option<u32>,
+    key: RsaPublicKey,
+}
+
+impl Recipient {
+    /// The current version of a named `rsa2048-oaep` key.
+    pub fn named(app: &App, name: &str, op: &str) -> Result<(Arc<KeyRecord>, Recipient), OpError> {
+        let (rec, ver) = app.keys.current(name)?;
+        require_kind(&rec, KeyKind::Rsa2048Oaep, op)?;
+        let v = rec
+            .version(ver)
+            .ok_or_else(|| OpError::internal("current version vanished"))?;
+        let spki = v
+            .public_der
+            .clone()
+            .ok_or_else(|| OpError::internal(format!("no public key recorded for `{name}`")))?;
+        let mut r = Recipient::external(spki)?;
+        r.version = Some(ver);
+        Ok((rec, r))
+    }
+
+    /// An external RSA-2048 public key (DER SubjectPublicKeyInfo).
+    pub fn external(spki: Vec<u8>) -> Result<Recipient, OpError> {
+        let key = RsaPublicKey::from_public_key_der(&spki)
+            .map_err(|_| OpError::bad("public key is not a DER RSA SubjectPublicKeyInfo"))?;
+        if key.size() != 256 {
+            return Err(OpError::bad(format!(
+                "recipient RSA key has {} bytes; RSA-2048 (256) is required",
+                key.size()
+            )));
+        }
+        Ok(Recipient {
+            thumbprint: thumbprint(&spki),
+            version: None,
+            key,
+        })
+    }
+
+    /// RSA-OAEP-SHA256 (MGF1-SHA-256, empty label) encryption of a data key to this recipient.
+    pub fn wrap(&self, data_key: &[u8]) -> Result<Vec<u8>, OpError> {
+        self.key
+            .encrypt(&mut rand::rngs::OsRng, Oaep::new::<Sha256>(), data_key)
+            .map_err(|e| OpError::internal(format!("RSA-OAEP encryption failed: {e}")))
+    }
+}
