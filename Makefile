@@ -1,0 +1,54 @@
+# custodyd — developer entry points. `make demo` and `make test` work on a fresh Debian 12 machine
+# (as root, or with sudo) that has only Rust: they install the system packages they need first.
+SHELL := /bin/bash
+CARGO ?= cargo
+DEV ?= $(CURDIR)/target/dev
+APT_PACKAGES := swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc pkg-config openssl util-linux
+
+.PHONY: deps build test lint demo dev dev-stop bench clean-dev
+
+## deps: install missing system packages (apt) and the Python interop library (pip)
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install --quiet cryptography
+
+## build: the whole workspace (daemon, client, tests)
+build: deps
+	$(CARGO) build --workspace --locked
+
+## test: unit tests and end-to-end tests against real swtpm and SoftHSM
+test: build
+	$(CARGO) test --workspace --locked
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## dev: swtpm + SoftHSM token + custodyd under target/dev, in the background (restarts the daemon)
+dev: build
+	@DEV="$(DEV)" scripts/dev.sh start
+
+## dev-stop: stop the dev daemon and swtpm (state is kept under target/dev)
+dev-stop:
+	@DEV="$(DEV)" scripts/dev.sh stop
+
+## clean-dev: stop and delete the dev state
+clean-dev: dev-stop
+	rm -rf "$(DEV)"
+
+## demo: the registration-client and IDA stories end to end on a provisioned swtpm + SoftHSM
+demo: build
+	@DEV="$(CURDIR)/target/demo" scripts/demo.sh
+
+## bench: benchmarks (results in BENCHMARKS.md)
+bench: build
+	@scripts/bench.sh
