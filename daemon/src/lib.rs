@@ -5,3 +5,4 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod crypto;
