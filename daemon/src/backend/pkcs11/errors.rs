@@ -14,6 +14,8 @@ pub(crate) enum OpError {
     Ck(Error),
     /// The session is not usable any more although no call said so (e.g. found logged out).
     Broken(String),
+    /// The token itself stopped answering (e.g. `C_GetTokenInfo` fails): forget the slot.
+    Gone(String),
     /// A final answer for the caller (not retried).
     Backend(BackendError),
 }
@@ -88,7 +90,7 @@ impl OpError {
     pub(crate) fn is_broken(&self) -> bool {
         match self {
             OpError::Ck(e) => rv(e).is_some_and(is_broken_rv),
-            OpError::Broken(_) => true,
+            OpError::Broken(_) | OpError::Gone(_) => true,
             OpError::Backend(_) => false,
         }
     }
@@ -97,6 +99,17 @@ impl OpError {
     pub(crate) fn token_gone(&self) -> bool {
         match self {
             OpError::Ck(e) => rv(e).is_some_and(is_token_gone_rv),
+            OpError::Gone(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Errors that can hide a token gone bad: SoftHSM answers `CKR_GENERAL_ERROR` (and finds no
+    /// objects) once its token directory disappeared.
+    pub(crate) fn may_hide_dead_token(&self) -> bool {
+        match self {
+            OpError::Ck(e) => matches!(rv(e), Some(RvError::GeneralError)),
+            OpError::Backend(BackendError::NotFound(_)) => true,
             _ => false,
         }
     }
@@ -105,7 +118,7 @@ impl OpError {
     pub(crate) fn into_backend(self) -> BackendError {
         match self {
             OpError::Backend(b) => b,
-            OpError::Broken(m) => BackendError::Unavailable(m),
+            OpError::Broken(m) | OpError::Gone(m) => BackendError::Unavailable(m),
             OpError::Ck(e) => match rv(&e) {
                 Some(r) if is_broken_rv(r) => BackendError::Unavailable(describe(&e)),
                 Some(RvError::SessionCount | RvError::DeviceMemory | RvError::HostMemory) => {

@@ -22,10 +22,12 @@ pub(crate) const SHA256_DIGEST_INFO_PREFIX: [u8; 19] = [
 pub struct Capabilities {
     /// Mechanisms the token lists.
     pub mechanisms: Vec<String>,
-    /// `CKM_RSA_PKCS_OAEP` with SHA-256/MGF1-SHA-256 and a label decrypts correctly.
+    /// `CKM_RSA_PKCS_OAEP` with SHA-256/MGF1-SHA-256 and an empty label decrypts correctly.
     pub oaep_sha256: bool,
-    /// `CKM_RSA_PKCS_OAEP` with SHA-1/MGF1-SHA-1 and a label decrypts correctly.
+    /// `CKM_RSA_PKCS_OAEP` with SHA-1/MGF1-SHA-1 and an empty label decrypts correctly.
     pub oaep_sha1: bool,
+    /// Token OAEP also accepts a non-empty label (SoftHSM 2.6 does not).
+    pub oaep_label: bool,
     /// `CKM_RSA_X_509` (raw RSA) is listed: needed for the software OAEP path.
     pub raw_rsa: bool,
 }
@@ -36,11 +38,14 @@ pub(crate) fn oaep(hash: OaepHash, label: &[u8]) -> Mechanism<'_> {
         OaepHash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
         OaepHash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
     };
-    Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
-        h,
-        mgf,
-        PkcsOaepSource::data_specified(label),
-    ))
+    // An empty label must be passed as a NULL pointer: SoftHSM rejects any non-NULL source data
+    // (it supports empty labels only).
+    let source = if label.is_empty() {
+        PkcsOaepSource::empty()
+    } else {
+        PkcsOaepSource::data_specified(label)
+    };
+    Mechanism::RsaPkcsOaep(PkcsOaepParams::new(h, mgf, source))
 }
 
 /// `CKM_RSA_PKCS_PSS` with SHA-256, MGF1-SHA-256, salt 32, over a precomputed digest.
@@ -58,7 +63,7 @@ pub(crate) fn probe(ctx: &Pkcs11, slot: Slot, s: &Session) -> Result<Capabilitie
     let raw_rsa = list.contains(&MechanismType::RSA_X_509);
     let has_oaep = list.contains(&MechanismType::RSA_PKCS_OAEP);
     let mechanisms = list.iter().map(|m| m.to_string()).collect();
-    let (mut oaep_sha256, mut oaep_sha1) = (false, false);
+    let (mut oaep_sha256, mut oaep_sha1, mut oaep_label) = (false, false, false);
     if has_oaep {
         // A session object (CKA_TOKEN=false) vanishes with the session even if not destroyed.
         let public = [
@@ -89,8 +94,16 @@ pub(crate) fn probe(ctx: &Pkcs11, slot: Slot, s: &Session) -> Result<Capabilitie
         }
         let key = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e));
         if let Ok(key) = key {
-            oaep_sha256 = try_oaep(s, priv_h, &key, OaepHash::Sha256);
-            oaep_sha1 = try_oaep(s, priv_h, &key, OaepHash::Sha1);
+            oaep_sha256 = try_oaep(s, priv_h, &key, OaepHash::Sha256, "");
+            oaep_sha1 = try_oaep(s, priv_h, &key, OaepHash::Sha1, "");
+            let hash = if oaep_sha256 {
+                Some(OaepHash::Sha256)
+            } else if oaep_sha1 {
+                Some(OaepHash::Sha1)
+            } else {
+                None
+            };
+            oaep_label = hash.is_some_and(|h| try_oaep(s, priv_h, &key, h, "\0"));
         }
         let _ = s.destroy_object(priv_h);
         let _ = s.destroy_object(pub_h);
@@ -99,20 +112,22 @@ pub(crate) fn probe(ctx: &Pkcs11, slot: Slot, s: &Session) -> Result<Capabilitie
         mechanisms,
         oaep_sha256,
         oaep_sha1,
+        oaep_label,
         raw_rsa,
     })
 }
 
-/// Encrypts in software, decrypts on the token, compares; both the empty and a one-byte label.
+/// Encrypts in software, decrypts on the token, compares.
 fn try_oaep(
     s: &Session,
     key: cryptoki::object::ObjectHandle,
     public: &RsaPublicKey,
     hash: OaepHash,
+    label: &str,
 ) -> bool {
     let msg = b"custodyd oaep probe";
     let mut rng = rand::rngs::OsRng;
-    for label in ["", "\0"] {
+    {
         let padding = match hash {
             OaepHash::Sha1 => Oaep::new_with_label::<sha1::Sha1, _>(label),
             OaepHash::Sha256 => Oaep::new_with_label::<sha2::Sha256, _>(label),
@@ -127,7 +142,7 @@ fn try_oaep(
                 return false;
             }
             Err(e) => {
-                tracing::debug!(?hash, error = %describe(&e), "token RSA-OAEP probe failed");
+                tracing::debug!(?hash, label_len = label.len(), error = %describe(&e), "token RSA-OAEP probe failed");
                 return false;
             }
         }

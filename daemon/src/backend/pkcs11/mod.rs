@@ -134,6 +134,7 @@ impl Pkcs11Backend {
                     mechanisms = %c.mechanisms.join(","),
                     oaep_sha256 = c.oaep_sha256,
                     oaep_sha1 = c.oaep_sha1,
+                    oaep_label = c.oaep_label,
                     raw_rsa = c.raw_rsa,
                     oaep_mode = ?backend.oaep_mode,
                     oaep_path = ?path,
@@ -173,12 +174,25 @@ impl Pkcs11Backend {
         self.keys.len()
     }
 
-    /// The OAEP path `decrypt_oaep` uses with SHA-256.
+    /// The OAEP path `decrypt_oaep` uses with SHA-256 and an empty label (a non-empty label goes
+    /// to software in mode `Auto` when the token accepts empty labels only).
     pub fn oaep_path(&self) -> Result<OaepPath, BackendError> {
+        self.oaep_path_for(b"")
+    }
+
+    fn oaep_path_for(&self, label: &[u8]) -> Result<OaepPath, BackendError> {
         match self.oaep_mode {
             OaepMode::Token => Ok(OaepPath::Token),
             OaepMode::Software => Ok(OaepPath::Software),
-            OaepMode::Auto => Ok(self.resolve_oaep(&self.capabilities()?)),
+            OaepMode::Auto => {
+                let c = self.capabilities()?;
+                let path = self.resolve_oaep(&c);
+                if path == OaepPath::Token && !label.is_empty() && !c.oaep_label {
+                    Ok(OaepPath::Software)
+                } else {
+                    Ok(path)
+                }
+            }
         }
     }
 
@@ -202,11 +216,22 @@ impl Pkcs11Backend {
         hash: OaepHash,
         path: OaepPath,
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        if path == OaepPath::Token && hash == OaepHash::Sha256 {
+        if path == OaepPath::Token {
             if let Some(c) = self.caps.get() {
-                if !c.oaep_sha256 {
+                let hash_ok = match hash {
+                    OaepHash::Sha256 => c.oaep_sha256,
+                    OaepHash::Sha1 => c.oaep_sha1,
+                };
+                if !hash_ok {
+                    return Err(BackendError::Unsupported(format!(
+                        "token does not support RSA-OAEP with {} (start-up probe failed); \
+                         use oaep mode 'auto' or 'software'",
+                        hash_name(hash)
+                    )));
+                }
+                if !label.is_empty() && !c.oaep_label {
                     return Err(BackendError::Unsupported(
-                        "token does not support RSA-OAEP with SHA-256 (start-up probe failed); \
+                        "token RSA-OAEP does not accept a non-empty label (start-up probe); \
                          use oaep mode 'auto' or 'software'"
                             .into(),
                     ));
@@ -238,7 +263,9 @@ impl Pkcs11Backend {
                             | RvError::MechanismInvalid
                             | RvError::MechanismParamInvalid,
                         ) => OpError::Backend(BackendError::Unsupported(format!(
-                            "token rejected RSA-OAEP with {hash:?}: {}",
+                            "token rejected RSA-OAEP with {} (label {} bytes): {}",
+                            hash_name(hash),
+                            label.len(),
                             describe(&e)
                         ))),
                         _ => OpError::Ck(e),
@@ -248,8 +275,11 @@ impl Pkcs11Backend {
                         .decrypt(&Mechanism::RsaX509, key.handle, ciphertext)
                         .map(Zeroizing::new)
                         .map_err(|e| match rv(&e) {
+                            // SoftHSM: CKR_GENERAL_ERROR for a ciphertext not below the modulus.
                             Some(
-                                RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange,
+                                RvError::EncryptedDataInvalid
+                                | RvError::EncryptedDataLenRange
+                                | RvError::GeneralError,
                             ) => OpError::Backend(BackendError::Integrity(
                                 "RSA-OAEP decryption failed".into(),
                             )),
@@ -274,7 +304,11 @@ impl Pkcs11Backend {
         let mut retried = false;
         loop {
             let session = self.pool.acquire()?;
-            match op(&session) {
+            let result = match op(&session) {
+                Err(e) if e.may_hide_dead_token() => Err(self.check_token(e)),
+                other => other,
+            };
+            match result {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_broken() => {
                     let gone = e.token_gone();
@@ -300,6 +334,21 @@ impl Pkcs11Backend {
         }
     }
 
+    /// Keeps `e` unless the token no longer answers `C_GetTokenInfo`, then reports it gone.
+    fn check_token(&self, e: OpError) -> OpError {
+        match self.pool.slot() {
+            Ok((ctx, slot)) => match ctx.get_token_info(slot) {
+                Ok(_) => e,
+                Err(te) => OpError::Gone(format!(
+                    "token {:?} stopped answering: {}",
+                    self.pool.token_label(),
+                    describe(&te)
+                )),
+            },
+            Err(_) => e,
+        }
+    }
+
     /// Runs `f` with the object of `backend_ref` in `role`; a stale cached handle is dropped and
     /// looked up once more.
     fn with_key<T>(
@@ -320,6 +369,13 @@ impl Pkcs11Backend {
                 other => other,
             }
         })
+    }
+}
+
+fn hash_name(hash: OaepHash) -> &'static str {
+    match hash {
+        OaepHash::Sha1 => "SHA-1",
+        OaepHash::Sha256 => "SHA-256",
     }
 }
 
@@ -347,10 +403,10 @@ impl Backend for Pkcs11Backend {
         let stats = self.pool.stats();
         let probe = self.pool.slot().and_then(|(ctx, slot)| {
             ctx.get_token_info(slot).map(|i| (slot, i)).map_err(|e| {
-                if rv(&e).is_some_and(errors::is_token_gone_rv) {
-                    self.pool.invalidate(true);
-                    self.keys.clear();
-                }
+                // Gone, or (SoftHSM after its token directory vanished) CKR_GENERAL_ERROR: drop the
+                // slot and sessions so the next attempt looks the token up again.
+                self.pool.invalidate(true);
+                self.keys.clear();
                 BackendError::Unavailable(describe(&e))
             })
         });
@@ -467,7 +523,7 @@ impl Backend for Pkcs11Backend {
         ciphertext: &[u8],
         label: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let path = self.oaep_path()?;
+        let path = self.oaep_path_for(label)?;
         self.decrypt_oaep_with(backend_ref, ciphertext, label, OaepHash::Sha256, path)
     }
 
