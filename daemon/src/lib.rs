@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod keys;

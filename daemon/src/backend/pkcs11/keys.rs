@@ -1,0 +1,341 @@
+//! Key objects: references, creation templates, lookup and the handle cache.
+//!
+//! A key version is addressed as `id:<hex of CKA_ID>` (16 random bytes). The private (or secret)
+//! and public objects of one key share the `CKA_ID`. Object handles are cached per (id, role):
+//! PKCS#11 handles stay valid for the application while the token stays, and looking objects up
+//! with `C_FindObjects*` on every operation is what exhausted MOSIP's HSM. The cache is bounded.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, SessionState};
+use rsa::pkcs8::EncodePublicKey;
+use rsa::{BigUint, RsaPublicKey};
+
+use super::errors::OpError;
+use crate::backend::{BackendError, KeyKind, PublicKeyInfo};
+
+/// Length of a `CKA_ID` in bytes.
+pub(crate) const ID_LEN: usize = 16;
+
+/// Most cached handles; the cache is emptied when full (it refills on use).
+const CACHE_CAP: usize = 4096;
+
+/// The `CKA_ID` of a key version, parsed from its `backend_ref`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct KeyId(pub(crate) [u8; ID_LEN]);
+
+impl KeyId {
+    /// Parses `id:<32 hex digits>`.
+    pub(crate) fn parse(backend_ref: &str) -> Result<Self, BackendError> {
+        let bad = || BackendError::BadInput(format!("not a pkcs11 key reference: {backend_ref:?}"));
+        let hex_part = backend_ref.strip_prefix("id:").ok_or_else(bad)?;
+        let bytes = hex::decode(hex_part).map_err(|_| bad())?;
+        let id: [u8; ID_LEN] = bytes.try_into().map_err(|_| bad())?;
+        Ok(KeyId(id))
+    }
+
+    /// A fresh random id.
+    pub(crate) fn random() -> Self {
+        use rand::RngCore;
+        let mut id = [0u8; ID_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        KeyId(id)
+    }
+
+    /// The `backend_ref` string.
+    pub(crate) fn to_ref(self) -> String {
+        format!("id:{}", hex::encode(self.0))
+    }
+}
+
+/// What an operation needs from a key; each role is one object with the right capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Role {
+    /// RSA private key with `CKA_SIGN`.
+    Sign,
+    /// RSA private key with `CKA_DECRYPT`.
+    Decrypt,
+    /// RSA public key.
+    Public,
+    /// AES secret key with `CKA_ENCRYPT`/`CKA_DECRYPT`.
+    Secret,
+}
+
+impl Role {
+    fn template(self, id: &KeyId) -> Vec<Attribute> {
+        let mut t = vec![Attribute::Token(true), Attribute::Id(id.0.to_vec())];
+        match self {
+            Role::Sign => t.extend([
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::RSA),
+                Attribute::Sign(true),
+            ]),
+            Role::Decrypt => t.extend([
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::RSA),
+                Attribute::Decrypt(true),
+            ]),
+            Role::Public => t.extend([
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::RSA),
+            ]),
+            Role::Secret => t.extend([
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Encrypt(true),
+            ]),
+        }
+        t
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Role::Sign => "an rsa2048-sign",
+            Role::Decrypt => "an rsa2048-oaep",
+            Role::Public => "an RSA",
+            Role::Secret => "an aes256",
+        }
+    }
+}
+
+/// A cached object: its handle and, for RSA keys, the modulus length in bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cached {
+    pub(crate) handle: ObjectHandle,
+    pub(crate) modulus_len: usize,
+}
+
+/// Handle cache keyed by (id, role).
+#[derive(Default)]
+pub(crate) struct HandleCache {
+    map: Mutex<HashMap<(KeyId, Role), Cached>>,
+}
+
+impl HandleCache {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(KeyId, Role), Cached>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The object for `(id, role)`: from the cache, or found on the token and cached.
+    pub(crate) fn lookup(&self, s: &Session, id: &KeyId, role: Role) -> Result<Cached, OpError> {
+        if let Some(c) = self.lock().get(&(*id, role)) {
+            return Ok(*c);
+        }
+        let c = find(s, id, role)?;
+        self.insert(*id, role, c);
+        Ok(c)
+    }
+
+    pub(crate) fn insert(&self, id: KeyId, role: Role, c: Cached) {
+        let mut map = self.lock();
+        if map.len() >= CACHE_CAP {
+            map.clear();
+        }
+        map.insert((id, role), c);
+    }
+
+    /// Drops one entry (its handle looked stale).
+    pub(crate) fn forget(&self, id: &KeyId, role: Role) {
+        self.lock().remove(&(*id, role));
+    }
+
+    /// Drops every entry of a key.
+    pub(crate) fn forget_id(&self, id: &KeyId) {
+        self.lock().retain(|(k, _), _| k != id);
+    }
+
+    /// Drops everything (token re-attached or logged out: handles are gone).
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Number of cached handles.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Errors unless the session is logged in as the user (a logged-out session sees no private
+/// objects, which would otherwise look like "not found").
+pub(crate) fn ensure_logged_in(s: &Session) -> Result<(), OpError> {
+    let info = s.get_session_info()?;
+    match info.session_state() {
+        SessionState::RwUser | SessionState::RoUser => Ok(()),
+        other => Err(OpError::Broken(format!(
+            "session is not logged in (state {other:?})"
+        ))),
+    }
+}
+
+fn find(s: &Session, id: &KeyId, role: Role) -> Result<Cached, OpError> {
+    let found = s.find_objects(&role.template(id))?;
+    let handle = match found.as_slice() {
+        [h] => *h,
+        [] => return Err(missing(s, id, role)),
+        _ => {
+            return Err(OpError::Backend(BackendError::Internal(format!(
+                "{} objects match key {} as {}",
+                found.len(),
+                id.to_ref(),
+                role.describe()
+            ))))
+        }
+    };
+    let modulus_len = match role {
+        Role::Secret => 0,
+        _ => read_modulus(s, handle)?.len(),
+    };
+    Ok(Cached {
+        handle,
+        modulus_len,
+    })
+}
+
+/// Why no object matched: logged out (broken session), wrong kind, or no such key.
+fn missing(s: &Session, id: &KeyId, role: Role) -> OpError {
+    if let Err(e) = ensure_logged_in(s) {
+        return e;
+    }
+    match s.find_objects(&[Attribute::Token(true), Attribute::Id(id.0.to_vec())]) {
+        Ok(any) if !any.is_empty() => OpError::Backend(BackendError::Unsupported(format!(
+            "key {} is not {} key",
+            id.to_ref(),
+            role.describe()
+        ))),
+        Ok(_) => OpError::Backend(BackendError::NotFound(id.to_ref())),
+        Err(e) => OpError::Ck(e),
+    }
+}
+
+fn read_modulus(s: &Session, handle: ObjectHandle) -> Result<Vec<u8>, OpError> {
+    let attrs = s.get_attributes(handle, &[AttributeType::Modulus])?;
+    attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Modulus(m) => Some(m),
+            _ => None,
+        })
+        .ok_or_else(|| OpError::Backend(BackendError::Internal("key has no CKA_MODULUS".into())))
+}
+
+/// Reads an RSA public key object into a DER SubjectPublicKeyInfo.
+pub(crate) fn read_public(s: &Session, handle: ObjectHandle) -> Result<PublicKeyInfo, OpError> {
+    let attrs = s.get_attributes(
+        handle,
+        &[AttributeType::Modulus, AttributeType::PublicExponent],
+    )?;
+    let (mut n, mut e) = (None, None);
+    for a in attrs {
+        match a {
+            Attribute::Modulus(m) => n = Some(m),
+            Attribute::PublicExponent(x) => e = Some(x),
+            _ => {}
+        }
+    }
+    let internal = |m: String| OpError::Backend(BackendError::Internal(m));
+    let (n, e) = match (n, e) {
+        (Some(n), Some(e)) => (n, e),
+        _ => return Err(internal("public key lacks modulus or exponent".into())),
+    };
+    let key = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
+        .map_err(|err| internal(format!("token returned an invalid RSA public key: {err}")))?;
+    let spki = key
+        .to_public_key_der()
+        .map_err(|err| internal(format!("cannot encode SPKI: {err}")))?;
+    Ok(PublicKeyInfo {
+        spki_der: spki.as_bytes().to_vec(),
+        tpmt: None,
+    })
+}
+
+/// Objects created for a new key version.
+pub(crate) struct Generated {
+    /// Private key (RSA) or secret key (AES).
+    pub(crate) private: ObjectHandle,
+    /// Public key (RSA only).
+    pub(crate) public: Option<ObjectHandle>,
+}
+
+/// Generates the objects of a new key version on the token.
+///
+/// Leftovers with the same id (from an attempt interrupted by a broken session) are destroyed
+/// first, so a retried creation never leaves two objects with one id.
+pub(crate) fn generate(
+    s: &Session,
+    kind: KeyKind,
+    id: &KeyId,
+    label: &str,
+) -> Result<Generated, OpError> {
+    for h in s.find_objects(&[Attribute::Id(id.0.to_vec())])? {
+        s.destroy_object(h)?;
+    }
+    let common = |private: bool| {
+        vec![
+            Attribute::Token(true),
+            Attribute::Private(private),
+            Attribute::Id(id.0.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ]
+    };
+    let protected = [Attribute::Sensitive(true), Attribute::Extractable(false)];
+    match kind {
+        KeyKind::Rsa2048Sign | KeyKind::Rsa2048Oaep => {
+            let sign = kind == KeyKind::Rsa2048Sign;
+            let mut public = common(false);
+            public.extend([
+                Attribute::ModulusBits(2048.into()),
+                Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                Attribute::Verify(sign),
+                Attribute::Encrypt(!sign),
+                Attribute::Wrap(false),
+            ]);
+            let mut private = common(true);
+            private.extend(protected.clone());
+            private.extend([
+                Attribute::Sign(sign),
+                Attribute::Decrypt(!sign),
+                Attribute::Unwrap(false),
+            ]);
+            let (pub_h, priv_h) =
+                s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+            Ok(Generated {
+                private: priv_h,
+                public: Some(pub_h),
+            })
+        }
+        KeyKind::Aes256 => {
+            let mut t = common(true);
+            t.extend(protected);
+            t.extend([
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Wrap(false),
+                Attribute::Unwrap(false),
+            ]);
+            let h = s.generate_key(&Mechanism::AesKeyGen, &t)?;
+            Ok(Generated {
+                private: h,
+                public: None,
+            })
+        }
+    }
+}
+
+/// Destroys every object with this id; errors with `NotFound` when there is none.
+pub(crate) fn destroy_all(s: &Session, id: &KeyId) -> Result<usize, OpError> {
+    ensure_logged_in(s)?;
+    let objects = s.find_objects(&[Attribute::Token(true), Attribute::Id(id.0.to_vec())])?;
+    if objects.is_empty() {
+        return Err(OpError::Backend(BackendError::NotFound(id.to_ref())));
+    }
+    for h in &objects {
+        s.destroy_object(*h)?;
+    }
+    Ok(objects.len())
+}

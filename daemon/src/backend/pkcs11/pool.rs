@@ -1,0 +1,291 @@
+//! A bounded pool of logged-in read/write sessions.
+//!
+//! Never more than `max` sessions are open at once (sessions being opened count too); a caller
+//! waits up to the configured timeout for one to come free. Sessions the token broke are discarded
+//! (closed, not returned); after such an event every idle session is dropped as well and a
+//! generation counter makes sessions still in use be closed rather than returned, because a logout
+//! or token removal affects all sessions of the application at once.
+
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::Pkcs11;
+use cryptoki::error::{Error, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use secrecy::SecretString;
+
+use super::context::shared_context;
+use super::errors::{describe, is_token_gone_rv, rv};
+use crate::backend::BackendError;
+
+/// Counters of a session pool, for health output and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Sessions open now (in use + idle + being opened).
+    pub open: usize,
+    /// Idle sessions ready for use.
+    pub idle: usize,
+    /// Highest `open` ever observed.
+    pub peak: usize,
+    /// The bound.
+    pub max: usize,
+    /// Sessions opened since start.
+    pub opened_total: u64,
+    /// Sessions discarded as broken since start.
+    pub discarded_total: u64,
+}
+
+struct State {
+    idle: Vec<Session>,
+    open: usize,
+    peak: usize,
+    slot: Option<Slot>,
+    generation: u64,
+    opened_total: u64,
+    discarded_total: u64,
+}
+
+pub(crate) struct SessionPool {
+    module: PathBuf,
+    token_label: String,
+    pin: SecretString,
+    max: usize,
+    wait: Duration,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+/// A session borrowed from the pool; returned on drop unless discarded.
+pub(crate) struct PooledSession<'a> {
+    pool: &'a SessionPool,
+    session: Option<Session>,
+    generation: u64,
+}
+
+impl Deref for PooledSession<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        // `session` is only None after `discard` consumed the guard.
+        match &self.session {
+            Some(s) => s,
+            None => unreachable!("pooled session used after discard"),
+        }
+    }
+}
+
+impl PooledSession<'_> {
+    /// Closes the session instead of returning it (the token broke it).
+    pub(crate) fn discard(mut self) {
+        if let Some(s) = self.session.take() {
+            drop(s); // C_CloseSession; an error (already closed) is ignored by cryptoki
+            let mut st = self.pool.lock();
+            st.open = st.open.saturating_sub(1);
+            st.discarded_total += 1;
+            drop(st);
+            self.pool.freed.notify_one();
+        }
+    }
+}
+
+impl Drop for PooledSession<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let mut st = self.pool.lock();
+            if st.generation == self.generation {
+                st.idle.push(s);
+                drop(st);
+            } else {
+                st.open = st.open.saturating_sub(1);
+                drop(st);
+                drop(s);
+            }
+            self.pool.freed.notify_one();
+        }
+    }
+}
+
+impl SessionPool {
+    pub(crate) fn new(
+        module: PathBuf,
+        token_label: String,
+        pin: SecretString,
+        max: usize,
+        wait: Duration,
+    ) -> Self {
+        SessionPool {
+            module,
+            token_label,
+            pin,
+            max,
+            wait,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                open: 0,
+                peak: 0,
+                slot: None,
+                generation: 0,
+                opened_total: 0,
+                discarded_total: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn token_label(&self) -> &str {
+        &self.token_label
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let st = self.lock();
+        PoolStats {
+            open: st.open,
+            idle: st.idle.len(),
+            peak: st.peak,
+            max: self.max,
+            opened_total: st.opened_total,
+            discarded_total: st.discarded_total,
+        }
+    }
+
+    /// The shared PKCS#11 context of this pool's module.
+    pub(crate) fn context(&self) -> Result<Pkcs11, BackendError> {
+        shared_context(&self.module).map_err(|e| {
+            BackendError::Unavailable(format!(
+                "cannot load PKCS#11 module {}: {}",
+                self.module.display(),
+                describe(&e)
+            ))
+        })
+    }
+
+    /// The slot holding the token, looked up by label when not known (which makes SoftHSM re-scan
+    /// its token directory).
+    pub(crate) fn slot(&self) -> Result<(Pkcs11, Slot), BackendError> {
+        let ctx = self.context()?;
+        if let Some(slot) = self.lock().slot {
+            return Ok((ctx, slot));
+        }
+        let slot = self.find_slot(&ctx)?;
+        self.lock().slot = Some(slot);
+        Ok((ctx, slot))
+    }
+
+    fn find_slot(&self, ctx: &Pkcs11) -> Result<Slot, BackendError> {
+        let slots = ctx.get_slots_with_token().map_err(|e| {
+            BackendError::Unavailable(format!("cannot list PKCS#11 slots: {}", describe(&e)))
+        })?;
+        for slot in slots {
+            if let Ok(info) = ctx.get_token_info(slot) {
+                if info.label().trim_end() == self.token_label {
+                    return Ok(slot);
+                }
+            }
+        }
+        Err(BackendError::Unavailable(format!(
+            "PKCS#11 token {:?} not found",
+            self.token_label
+        )))
+    }
+
+    /// Forgets every idle session (closing them) and makes in-use sessions be closed when they
+    /// come back; with `token_gone` also forgets the slot so the next open re-scans.
+    pub(crate) fn invalidate(&self, token_gone: bool) {
+        let idle = {
+            let mut st = self.lock();
+            st.generation += 1;
+            if token_gone {
+                st.slot = None;
+            }
+            let idle = std::mem::take(&mut st.idle);
+            st.open = st.open.saturating_sub(idle.len());
+            st.discarded_total += idle.len() as u64;
+            idle
+        };
+        drop(idle); // closes them, outside the lock
+        self.freed.notify_all();
+    }
+
+    /// Borrows a session: an idle one, a newly opened one while below the bound, or the first one
+    /// freed within the wait time.
+    pub(crate) fn acquire(&self) -> Result<PooledSession<'_>, BackendError> {
+        let deadline = Instant::now() + self.wait;
+        let mut st = self.lock();
+        loop {
+            if let Some(s) = st.idle.pop() {
+                return Ok(PooledSession {
+                    pool: self,
+                    session: Some(s),
+                    generation: st.generation,
+                });
+            }
+            if st.open < self.max {
+                st.open += 1;
+                st.peak = st.peak.max(st.open);
+                let generation = st.generation;
+                drop(st);
+                return match self.open_session() {
+                    Ok(s) => {
+                        self.lock().opened_total += 1;
+                        Ok(PooledSession {
+                            pool: self,
+                            session: Some(s),
+                            generation,
+                        })
+                    }
+                    Err(e) => {
+                        let mut st = self.lock();
+                        st.open = st.open.saturating_sub(1);
+                        drop(st);
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(BackendError::Unavailable(format!(
+                    "session pool exhausted: all {} sessions busy for {} ms",
+                    self.max,
+                    self.wait.as_millis()
+                )));
+            }
+            st = self
+                .freed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn open_session(&self) -> Result<Session, BackendError> {
+        let (ctx, slot) = self.slot()?;
+        let session = match ctx.open_rw_session(slot) {
+            Ok(s) => s,
+            Err(e) => {
+                if rv(&e).is_some_and(is_token_gone_rv) {
+                    self.lock().slot = None;
+                }
+                return Err(BackendError::Unavailable(format!(
+                    "cannot open a session on token {:?}: {}",
+                    self.token_label,
+                    describe(&e)
+                )));
+            }
+        };
+        match session.login(UserType::User, Some(&self.pin)) {
+            Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+            Err(e) => Err(BackendError::Unavailable(format!(
+                "login to token {:?} failed: {}",
+                self.token_label,
+                describe(&e)
+            ))),
+        }
+    }
+}

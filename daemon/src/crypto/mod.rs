@@ -1,0 +1,3 @@
+//! Software cryptography helpers used next to the hardware backends.
+
+pub mod oaep;

@@ -1,0 +1,1050 @@
+//! PKCS#11 backend against a real SoftHSM 2 token (never a mock).
+//!
+//! SoftHSM reads `SOFTHSM2_CONF` once per process and cryptoki initialises once per process, so
+//! all tests share one fixture: a temporary token directory with the tokens `custody` (general
+//! tests), `pool` (the session-bound test, so other tests' sessions do not count) and `recover`
+//! (the logout test). A fourth token, `later`, is created during a test to show recovery when a
+//! token appears. These tests fail (they do not skip) when SoftHSM is missing.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use cryptoki::object::{Attribute, AttributeType};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use custody_daemon::backend::pkcs11::{
+    shared_context, OaepHash, OaepMode, OaepPath, Pkcs11Backend, Pkcs11Config,
+};
+use custody_daemon::backend::{Backend, BackendError, KeyKind, NewKey, SignScheme, Template};
+use rsa::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+use rsa::{Oaep, RsaPublicKey};
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    pin: String,
+    backend: Pkcs11Backend,
+}
+
+fn init_token(dir: &Path, label: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hsm-config/init-token");
+    let out = Command::new(&script)
+        .arg(dir)
+        .arg(label)
+        .output()
+        .expect("run hsm-config/init-token");
+    assert!(
+        out.status.success(),
+        "init-token {label} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        assert!(
+            Path::new(MODULE).exists(),
+            "SoftHSM module {MODULE} is missing: install softhsm2"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        for label in ["custody", "pool", "recover", "vanish"] {
+            init_token(dir.path(), label);
+        }
+        // Before the first C_Initialize of this process (SoftHSM reads it only then).
+        std::env::set_var("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"));
+        let pin = std::fs::read_to_string(dir.path().join("user.pin")).expect("user.pin");
+        let backend = Pkcs11Backend::start(config("custody", &pin, 8, OaepMode::Auto))
+            .expect("start backend");
+        Fixture { dir, pin, backend }
+    })
+}
+
+fn config(label: &str, pin: &str, max_sessions: usize, oaep: OaepMode) -> Pkcs11Config {
+    Pkcs11Config {
+        module: PathBuf::from(MODULE),
+        token_label: label.to_owned(),
+        pin: SecretString::from(pin.to_owned()),
+        max_sessions,
+        op_timeout: Duration::from_secs(30),
+        oaep,
+    }
+}
+
+fn new_key<'a>(name: &'a str, kind: KeyKind) -> NewKey<'a> {
+    NewKey {
+        name,
+        version: 1,
+        kind,
+        template: Template::Default,
+    }
+}
+
+fn slot_of(label: &str) -> Slot {
+    let ctx = shared_context(Path::new(MODULE)).expect("context");
+    ctx.get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .map(|i| i.label().trim_end() == label)
+                .unwrap_or(false)
+        })
+        .expect("token slot")
+}
+
+/// A session of our own on the same `Pkcs11` handle, behind the pool's back.
+fn side_session(label: &str, pin: &str) -> Session {
+    let ctx = shared_context(Path::new(MODULE)).expect("context");
+    let s = ctx.open_rw_session(slot_of(label)).expect("open session");
+    match s.login(UserType::User, Some(&SecretString::from(pin.to_owned()))) {
+        Ok(()) => {}
+        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("login: {e}"),
+    }
+    s
+}
+
+fn id_of(backend_ref: &str) -> Vec<u8> {
+    hex::decode(backend_ref.strip_prefix("id:").expect("id: prefix")).expect("hex id")
+}
+
+fn pem(spki_der: &[u8]) -> String {
+    RsaPublicKey::from_public_key_der(spki_der)
+        .expect("spki")
+        .to_public_key_pem(LineEnding::LF)
+        .expect("pem")
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    cmd.output().expect("run command")
+}
+
+#[test]
+fn sign_pkcs1_and_pss_verify_with_openssl() {
+    let f = fixture();
+    let key = f
+        .backend
+        .create(&new_key("sign-test", KeyKind::Rsa2048Sign))
+        .expect("create");
+    assert!(key.backend_ref.starts_with("id:") && key.backend_ref.len() == 35);
+    let public = key.public.expect("public key");
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::write(tmp.path().join("pub.pem"), pem(&public.spki_der)).expect("write");
+    let data = b"custodyd signs this";
+    std::fs::write(tmp.path().join("data"), data).expect("write");
+    let digest: [u8; 32] = Sha256::digest(data).into();
+
+    for scheme in [SignScheme::Pkcs1v15, SignScheme::Pss] {
+        let sig = f
+            .backend
+            .sign(&key.backend_ref, &digest, scheme)
+            .expect("sign");
+        assert_eq!(sig.len(), 256);
+        std::fs::write(tmp.path().join("sig"), &sig).expect("write");
+        let mut cmd = Command::new("openssl");
+        cmd.current_dir(tmp.path()).args([
+            "dgst",
+            "-sha256",
+            "-verify",
+            "pub.pem",
+            "-signature",
+            "sig",
+        ]);
+        if scheme == SignScheme::Pss {
+            cmd.args([
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:32",
+            ]);
+        }
+        cmd.arg("data");
+        let out = run(&mut cmd);
+        assert!(
+            out.status.success(),
+            "{scheme:?}: openssl says {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // And a signature over another digest does not verify.
+        let other: [u8; 32] = Sha256::digest(b"other").into();
+        let sig2 = f
+            .backend
+            .sign(&key.backend_ref, &other, scheme)
+            .expect("sign");
+        std::fs::write(tmp.path().join("sig"), &sig2).expect("write");
+        assert!(!run(&mut cmd).status.success());
+    }
+    // Wrong kinds and references.
+    assert!(matches!(
+        f.backend.decrypt_oaep(&key.backend_ref, &[0u8; 256], b""),
+        Err(BackendError::Unsupported(_))
+    ));
+    assert!(matches!(
+        f.backend.wrap_secret(&key.backend_ref, b"x"),
+        Err(BackendError::Unsupported(_))
+    ));
+    assert!(matches!(
+        f.backend.sign(
+            "id:00112233445566778899aabbccddeeff",
+            &digest,
+            SignScheme::Pss
+        ),
+        Err(BackendError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.backend.sign("tpm:0x81010010", &digest, SignScheme::Pss),
+        Err(BackendError::BadInput(_))
+    ));
+    assert!(matches!(
+        f.backend.public_key(&key.backend_ref, KeyKind::Aes256),
+        Err(BackendError::Unsupported(_))
+    ));
+}
+
+fn openssl_encrypt(pub_pem: &str, plaintext: &[u8], md: &str, label_hex: Option<&str>) -> Vec<u8> {
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::write(tmp.path().join("pub.pem"), pub_pem).expect("write");
+    std::fs::write(tmp.path().join("pt"), plaintext).expect("write");
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(tmp.path()).args([
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        "pub.pem",
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        &format!("rsa_oaep_md:{md}"),
+        "-pkeyopt",
+        &format!("rsa_mgf1_md:{md}"),
+        "-in",
+        "pt",
+        "-out",
+        "ct",
+    ]);
+    if let Some(l) = label_hex {
+        cmd.args(["-pkeyopt", &format!("rsa_oaep_label:{l}")]);
+    }
+    let out = run(&mut cmd);
+    assert!(
+        out.status.success(),
+        "openssl encrypt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(tmp.path().join("ct")).expect("ct")
+}
+
+#[test]
+fn oaep_decrypts_openssl_ciphertexts_on_both_paths() {
+    let f = fixture();
+    let caps = f.backend.capabilities().expect("caps");
+    // What SoftHSM 2.6.1 is known to do; if this changes, Auto picks the token path.
+    assert!(caps.oaep_sha1, "SoftHSM has token OAEP with SHA-1");
+    assert!(!caps.oaep_sha256, "SoftHSM lacks token OAEP with SHA-256");
+    assert!(caps.raw_rsa);
+    assert_eq!(f.backend.oaep_path().expect("path"), OaepPath::Software);
+
+    let key = f
+        .backend
+        .create(&new_key("oaep-test", KeyKind::Rsa2048Oaep))
+        .expect("create");
+    let r = &key.backend_ref;
+    let pub_pem = pem(&key.public.expect("public").spki_der);
+    let msg = b"a 32-byte AES key goes here....!";
+
+    // 1. MOSIP's envelope: SHA-256, empty label, through decrypt_oaep (Auto → software path).
+    let ct = openssl_encrypt(&pub_pem, msg, "sha256", None);
+    assert_eq!(
+        &f.backend.decrypt_oaep(r, &ct, b"").expect("decrypt")[..],
+        msg
+    );
+    // The registration client's TPM convention: label = one 0x00 byte.
+    let ct0 = openssl_encrypt(&pub_pem, msg, "sha256", Some("00"));
+    assert_eq!(
+        &f.backend.decrypt_oaep(r, &ct0, b"\0").expect("decrypt")[..],
+        msg
+    );
+    assert!(matches!(
+        f.backend.decrypt_oaep(r, &ct0, b""),
+        Err(BackendError::Integrity(_))
+    ));
+    // Tampered ciphertexts → Integrity; wrong length → BadInput.
+    for i in [0usize, 1, 100, 255] {
+        let mut bad = ct.clone();
+        bad[i] ^= 0x04;
+        match f.backend.decrypt_oaep(r, &bad, b"") {
+            Err(BackendError::Integrity(_)) => {}
+            other => panic!("tampered byte {i}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        f.backend.decrypt_oaep(r, &ct[..255], b""),
+        Err(BackendError::BadInput(_))
+    ));
+    // A ciphertext not below the modulus.
+    match f.backend.decrypt_oaep(r, &[0xffu8; 256], b"") {
+        Err(BackendError::Integrity(_)) => {}
+        other => panic!("ciphertext >= modulus: {other:?}"),
+    }
+
+    // 2. Both paths on the same SHA-1 ciphertexts: token CKM_RSA_PKCS_OAEP(SHA-1) and raw RSA +
+    // the software decoder must agree; tampering fails on both. SoftHSM's token OAEP takes only
+    // an empty label: a label on the token path is a clear Unsupported, on the software path fine.
+    assert!(!caps.oaep_label, "SoftHSM 2.6 rejects OAEP source data");
+    for label in [None, Some("00"), Some("637573746f647964")] {
+        let label_bytes = label
+            .map(|l| hex::decode(l).expect("hex"))
+            .unwrap_or_default();
+        let ct1 = openssl_encrypt(&pub_pem, msg, "sha1", label);
+        let soft = f
+            .backend
+            .decrypt_oaep_with(r, &ct1, &label_bytes, OaepHash::Sha1, OaepPath::Software)
+            .expect("software path");
+        assert_eq!(&soft[..], msg);
+        let token =
+            f.backend
+                .decrypt_oaep_with(r, &ct1, &label_bytes, OaepHash::Sha1, OaepPath::Token);
+        if label_bytes.is_empty() {
+            assert_eq!(token.expect("token path"), soft);
+        } else {
+            match token {
+                Err(BackendError::Unsupported(m)) => assert!(m.contains("label"), "{m}"),
+                other => panic!("token path with a label: {other:?}"),
+            }
+        }
+        let mut bad = ct1.clone();
+        bad[7] ^= 1;
+        let paths: &[OaepPath] = if label_bytes.is_empty() {
+            &[OaepPath::Token, OaepPath::Software]
+        } else {
+            &[OaepPath::Software]
+        };
+        for path in paths {
+            match f
+                .backend
+                .decrypt_oaep_with(r, &bad, &label_bytes, OaepHash::Sha1, *path)
+            {
+                Err(BackendError::Integrity(_)) => {}
+                other => panic!("tampered SHA-1 on {path:?}: {other:?}"),
+            }
+        }
+    }
+    // Random plaintexts via the rsa crate (SHA-1), both paths agree.
+    let rsa_pub = RsaPublicKey::from_public_key_pem(&pub_pem).expect("pem");
+    for len in [0usize, 1, 17, 214] {
+        let pt: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let ct1 = rsa_pub
+            .encrypt(&mut rand::thread_rng(), Oaep::new::<sha1::Sha1>(), &pt)
+            .expect("encrypt");
+        for path in [OaepPath::Token, OaepPath::Software] {
+            let out = f
+                .backend
+                .decrypt_oaep_with(r, &ct1, b"", OaepHash::Sha1, path)
+                .expect("decrypt");
+            assert_eq!(&out[..], &pt[..], "{path:?} len {len}");
+        }
+    }
+
+    // 3. SHA-256 on the token path: a clear Unsupported, not garbage — both as an explicit path
+    // and from a backend configured with mode Token.
+    match f
+        .backend
+        .decrypt_oaep_with(r, &ct, b"", OaepHash::Sha256, OaepPath::Token)
+    {
+        Err(BackendError::Unsupported(m)) => assert!(m.contains("SHA-256"), "{m}"),
+        other => panic!("token SHA-256: {other:?}"),
+    }
+    let token_mode =
+        Pkcs11Backend::start(config("custody", &f.pin, 2, OaepMode::Token)).expect("start");
+    assert_eq!(token_mode.oaep_path().expect("path"), OaepPath::Token);
+    match token_mode.decrypt_oaep(r, &ct, b"") {
+        Err(BackendError::Unsupported(m)) => assert!(m.contains("SHA-256"), "{m}"),
+        other => panic!("mode Token: {other:?}"),
+    }
+    let soft_mode =
+        Pkcs11Backend::start(config("custody", &f.pin, 2, OaepMode::Software)).expect("start");
+    assert_eq!(&soft_mode.decrypt_oaep(r, &ct, b"").expect("soft")[..], msg);
+}
+
+#[test]
+fn aes_master_wraps_and_is_not_extractable() {
+    let f = fixture();
+    let master = f
+        .backend
+        .create(&new_key("zk-master", KeyKind::Aes256))
+        .expect("create");
+    assert!(master.public.is_none());
+    let r = &master.backend_ref;
+    for secret in [&b""[..], b"k", &[0x42u8; 32], &[7u8; 1000]] {
+        let blob = f.backend.wrap_secret(r, secret).expect("wrap");
+        assert_eq!(blob.len(), 12 + secret.len() + 16);
+        assert_eq!(
+            &f.backend.unwrap_secret(r, &blob).expect("unwrap")[..],
+            secret
+        );
+        // Fresh IV per wrap.
+        let blob2 = f.backend.wrap_secret(r, secret).expect("wrap");
+        assert_ne!(blob[..12], blob2[..12]);
+        for i in [0, 11, 12, blob.len() - 1] {
+            let mut bad = blob.clone();
+            bad[i] ^= 0x10;
+            match f.backend.unwrap_secret(r, &bad) {
+                Err(BackendError::Integrity(_)) => {}
+                other => panic!("tampered byte {i}: {other:?}"),
+            }
+        }
+    }
+    assert!(matches!(
+        f.backend.unwrap_secret(r, &[0u8; 27]),
+        Err(BackendError::BadInput(_))
+    ));
+    assert!(matches!(
+        f.backend.sign(r, &[0u8; 32], SignScheme::Pkcs1v15),
+        Err(BackendError::Unsupported(_))
+    ));
+    // Another master cannot unwrap.
+    let other = f
+        .backend
+        .create(&new_key("zk-master-2", KeyKind::Aes256))
+        .expect("create");
+    let blob = f.backend.wrap_secret(r, b"secret").expect("wrap");
+    assert!(matches!(
+        f.backend.unwrap_secret(&other.backend_ref, &blob),
+        Err(BackendError::Integrity(_))
+    ));
+
+    // Attributes read back from the token.
+    let s = side_session("custody", &f.pin);
+    let found = s.find_objects(&[Attribute::Id(id_of(r))]).expect("find");
+    assert_eq!(found.len(), 1);
+    let attrs = s
+        .get_attributes(
+            found[0],
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Private,
+                AttributeType::Token,
+                AttributeType::AlwaysSensitive,
+                AttributeType::NeverExtractable,
+                AttributeType::Label,
+                AttributeType::Value,
+            ],
+        )
+        .expect("attrs");
+    let mut seen = HashSet::new();
+    for a in &attrs {
+        match a {
+            Attribute::Sensitive(v) => assert!(*v, "sensitive"),
+            Attribute::Extractable(v) => assert!(!*v, "not extractable"),
+            Attribute::Private(v) => assert!(*v, "private"),
+            Attribute::Token(v) => assert!(*v, "token object"),
+            Attribute::AlwaysSensitive(v) => assert!(*v, "always sensitive"),
+            Attribute::NeverExtractable(v) => assert!(*v, "never extractable"),
+            Attribute::Label(l) => assert_eq!(l, b"custodyd:zk-master:v1"),
+            Attribute::Value(_) => panic!("CKA_VALUE of the master key was readable"),
+            _ => {}
+        }
+        seen.insert(a.attribute_type());
+    }
+    assert_eq!(seen.len(), 7, "all but CKA_VALUE present: {attrs:?}");
+    drop(s);
+
+    // And an outside tool cannot export it either.
+    let out = run(Command::new("pkcs11-tool").args([
+        "--module",
+        MODULE,
+        "--token-label",
+        "custody",
+        "--login",
+        "--pin",
+        &f.pin,
+        "--read-object",
+        "--type",
+        "secrkey",
+        "--id",
+        &hex::encode(id_of(r)),
+    ]));
+    assert!(
+        !out.status.success(),
+        "pkcs11-tool exported the key: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn list_objects(pin: &str) -> String {
+    let out = run(Command::new("pkcs11-tool").args([
+        "--module",
+        MODULE,
+        "--token-label",
+        "custody",
+        "--login",
+        "--pin",
+        pin,
+        "--list-objects",
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn destroy_removes_objects() {
+    let f = fixture();
+    let key = f
+        .backend
+        .create(&new_key("doomed", KeyKind::Rsa2048Sign))
+        .expect("create");
+    let master = f
+        .backend
+        .create(&new_key("doomed-master", KeyKind::Aes256))
+        .expect("create");
+    let r = &key.backend_ref;
+    f.backend
+        .sign(r, &[1u8; 32], SignScheme::Pkcs1v15)
+        .expect("sign"); // cached handle
+    let before = list_objects(&f.pin);
+    assert!(before.contains("custodyd:doomed:v1"), "{before}");
+    assert!(before.contains("custodyd:doomed-master:v1"), "{before}");
+
+    f.backend.destroy(r).expect("destroy");
+    f.backend.destroy(&master.backend_ref).expect("destroy");
+    assert!(matches!(
+        f.backend.sign(r, &[1u8; 32], SignScheme::Pkcs1v15),
+        Err(BackendError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.backend.public_key(r, KeyKind::Rsa2048Sign),
+        Err(BackendError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.backend.wrap_secret(&master.backend_ref, b"x"),
+        Err(BackendError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.backend.destroy(r),
+        Err(BackendError::NotFound(_))
+    ));
+
+    let s = side_session("custody", &f.pin);
+    assert!(s
+        .find_objects(&[Attribute::Id(id_of(r))])
+        .expect("find")
+        .is_empty());
+    drop(s);
+    let after = list_objects(&f.pin);
+    assert!(!after.contains("custodyd:doomed:v1"), "{after}");
+    assert!(!after.contains("custodyd:doomed-master:v1"), "{after}");
+}
+
+#[test]
+fn destroyed_behind_the_cache_is_not_found() {
+    // Another backend (another pool, same process) destroys a key this one has cached: the stale
+    // handle is dropped and the lookup repeated, giving NotFound rather than an internal error.
+    let f = fixture();
+    let key = f
+        .backend
+        .create(&new_key("stale", KeyKind::Rsa2048Sign))
+        .expect("create");
+    f.backend
+        .sign(&key.backend_ref, &[2u8; 32], SignScheme::Pss)
+        .expect("sign");
+    let other = Pkcs11Backend::start(config("custody", &f.pin, 1, OaepMode::Auto)).expect("start");
+    other.destroy(&key.backend_ref).expect("destroy");
+    assert!(matches!(
+        f.backend
+            .sign(&key.backend_ref, &[2u8; 32], SignScheme::Pss),
+        Err(BackendError::NotFound(_))
+    ));
+}
+
+#[test]
+fn pool_stays_within_bound_under_load() {
+    let f = fixture();
+    let backend =
+        Arc::new(Pkcs11Backend::start(config("pool", &f.pin, 4, OaepMode::Auto)).expect("start"));
+    let sign = backend
+        .create(&new_key("pool-sign", KeyKind::Rsa2048Sign))
+        .expect("create");
+    let dec = backend
+        .create(&new_key("pool-oaep", KeyKind::Rsa2048Oaep))
+        .expect("create");
+    let master = backend
+        .create(&new_key("pool-master", KeyKind::Aes256))
+        .expect("create");
+    let rsa_pub =
+        RsaPublicKey::from_public_key_der(&dec.public.expect("public").spki_der).expect("spki");
+    let ct = rsa_pub
+        .encrypt(
+            &mut rand::thread_rng(),
+            Oaep::new::<Sha256>(),
+            b"pool secret",
+        )
+        .expect("encrypt");
+
+    // Sample the token's own session count (C_GetTokenInfo needs no session).
+    let stop = Arc::new(AtomicBool::new(false));
+    let max_seen = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, max_seen) = (stop.clone(), max_seen.clone());
+        let slot = slot_of("pool");
+        std::thread::spawn(move || {
+            let ctx = shared_context(Path::new(MODULE)).expect("context");
+            let mut samples = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(n) = ctx
+                    .get_token_info(slot)
+                    .ok()
+                    .and_then(|i| i.session_count())
+                {
+                    max_seen.fetch_max(n, Ordering::Relaxed);
+                }
+                samples += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            samples
+        })
+    };
+
+    let started = Instant::now();
+    let threads: Vec<_> = (0..64)
+        .map(|t| {
+            let b = backend.clone();
+            let (sr, dr, mr, ct) = (
+                sign.backend_ref.clone(),
+                dec.backend_ref.clone(),
+                master.backend_ref.clone(),
+                ct.clone(),
+            );
+            std::thread::spawn(move || -> Result<(), String> {
+                for i in 0..50usize {
+                    let res = match (t + i) % 4 {
+                        0 => b
+                            .sign(&sr, &[i as u8; 32], SignScheme::Pkcs1v15)
+                            .map(|_| ()),
+                        1 => b.sign(&sr, &[i as u8; 32], SignScheme::Pss).map(|_| ()),
+                        2 => b.decrypt_oaep(&dr, &ct, b"").and_then(|pt| {
+                            (&pt[..] == b"pool secret")
+                                .then_some(())
+                                .ok_or(BackendError::Internal("wrong plaintext".into()))
+                        }),
+                        _ => b.wrap_secret(&mr, &[i as u8; 32]).and_then(|blob| {
+                            b.unwrap_secret(&mr, &blob)
+                                .map(|pt| assert_eq!(pt[0], i as u8))
+                        }),
+                    };
+                    res.map_err(|e| format!("thread {t} op {i}: {e}"))?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for th in threads {
+        if let Err(e) = th.join().expect("join") {
+            errors.push(e);
+        }
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().expect("sampler");
+    let stats = backend.pool_stats();
+    println!(
+        "pool: 3200 ops in {elapsed:?}; stats {stats:?}; token session count max {} over {samples} samples",
+        max_seen.load(Ordering::Relaxed)
+    );
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    assert!(stats.peak <= 4, "{stats:?}");
+    assert!(stats.open <= 4, "{stats:?}");
+    assert_eq!(stats.discarded_total, 0);
+    // SoftHSM 2.6.1 reports ulSessionCount as CK_UNAVAILABLE_INFORMATION (cryptoki: None), so
+    // the sampler sees nothing there; with a token that reports it, it must respect the bound.
+    assert!(max_seen.load(Ordering::Relaxed) <= 4);
+    let h = backend.health();
+    assert!(h.ok, "{}", h.detail);
+    assert!(h.detail.contains("\"pool\""), "{}", h.detail);
+    assert!(!h.detail.contains(&f.pin));
+    assert!(!format!("{backend:?}").contains(&f.pin));
+    assert!(!format!("{:?}", config("pool", &f.pin, 4, OaepMode::Auto)).contains(&f.pin));
+}
+
+#[test]
+fn pool_exhaustion_times_out_with_unavailable() {
+    let f = fixture();
+    let mut cfg = config("custody", &f.pin, 1, OaepMode::Auto);
+    cfg.op_timeout = Duration::from_millis(300);
+    let backend = Arc::new(Pkcs11Backend::start(cfg).expect("start"));
+    let key = backend
+        .create(&new_key("exhaust", KeyKind::Rsa2048Sign))
+        .expect("create");
+    // Hold the single session with a slow operation on another thread: RSA key generation.
+    let b2 = backend.clone();
+    let holder = std::thread::spawn(move || {
+        for _ in 0..5 {
+            b2.create(&new_key("exhaust-slow", KeyKind::Rsa2048Oaep))
+                .expect("create");
+        }
+    });
+    let mut exhausted = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !holder.is_finished() {
+        match backend.sign(&key.backend_ref, &[0u8; 32], SignScheme::Pss) {
+            Err(BackendError::Unavailable(m)) => {
+                exhausted = Some(m);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => {}
+        }
+    }
+    holder.join().expect("holder");
+    let m = exhausted.expect("a sign waited more than 300 ms for the only session");
+    assert!(m.contains("session pool exhausted"), "{m}");
+    assert!(backend.pool_stats().peak <= 1);
+}
+
+#[test]
+fn logged_out_sessions_are_replaced() {
+    let f = fixture();
+    let backend =
+        Pkcs11Backend::start(config("recover", &f.pin, 2, OaepMode::Auto)).expect("start");
+    let key = backend
+        .create(&new_key("recover-sign", KeyKind::Rsa2048Sign))
+        .expect("create");
+    let master = backend
+        .create(&new_key("recover-master", KeyKind::Aes256))
+        .expect("create");
+    backend
+        .sign(&key.backend_ref, &[3u8; 32], SignScheme::Pkcs1v15)
+        .expect("sign");
+    let before = backend.pool_stats();
+
+    // Behind the pool's back: log the application out of the token (login state is per
+    // application and token, so every pooled session drops to a public session, and SoftHSM
+    // invalidates the handles of private objects).
+    for round in 0..3 {
+        let s = side_session("recover", &f.pin);
+        s.logout().expect("logout");
+        drop(s);
+        backend
+            .sign(&key.backend_ref, &[3u8; 32], SignScheme::Pkcs1v15)
+            .unwrap_or_else(|e| panic!("round {round}: sign after logout: {e}"));
+        let blob = backend
+            .wrap_secret(&master.backend_ref, b"still works")
+            .expect("wrap");
+        assert_eq!(
+            &backend
+                .unwrap_secret(&master.backend_ref, &blob)
+                .expect("unwrap")[..],
+            b"still works"
+        );
+    }
+    let after = backend.pool_stats();
+    println!("recovery after logout: before {before:?}, after {after:?}");
+    assert!(after.discarded_total > before.discarded_total, "{after:?}");
+    assert!(after.peak <= 2);
+    assert!(backend.health().ok);
+}
+
+#[test]
+fn token_appearing_later_recovers_from_unavailable() {
+    let f = fixture();
+    let backend = Pkcs11Backend::start(config("later", &f.pin, 2, OaepMode::Auto)).expect("start");
+    let h = backend.health();
+    assert!(!h.ok, "{}", h.detail);
+    assert!(h.detail.contains("not found"), "{}", h.detail);
+    match backend.create(&new_key("later-sign", KeyKind::Rsa2048Sign)) {
+        Err(BackendError::Unavailable(m)) => assert!(m.contains("later"), "{m}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(matches!(
+        backend.sign(
+            "id:00112233445566778899aabbccddeeff",
+            &[0; 32],
+            SignScheme::Pss
+        ),
+        Err(BackendError::Unavailable(_))
+    ));
+
+    // The token appears (another process initialises it in the same token directory).
+    init_token(f.dir.path(), "later");
+    let h = backend.health();
+    if h.ok {
+        // A PKCS#11 module that re-scans its slots: recovery in-process.
+        let key = backend
+            .create(&new_key("later-sign", KeyKind::Rsa2048Sign))
+            .expect("create after the token appeared");
+        backend
+            .sign(&key.backend_ref, &[5u8; 32], SignScheme::Pkcs1v15)
+            .expect("sign");
+    } else {
+        // SoftHSM 2.6.1 reads its token directory only at C_Initialize: this process keeps
+        // answering Unavailable (no crash, no other error) ...
+        println!("after init-token, same process: {}", h.detail);
+        assert!(matches!(
+            backend.create(&new_key("later-sign", KeyKind::Rsa2048Sign)),
+            Err(BackendError::Unavailable(_))
+        ));
+        // ... and the next process (a daemon restart) uses the token.
+        let out = child("later", None);
+        assert!(out.contains("CHILD OK"), "{out}");
+    }
+}
+
+/// Runs `child_process_uses_token` in a new process (new C_Initialize, same SOFTHSM2_CONF).
+fn child(label: &str, sign_ref: Option<&str>) -> String {
+    let f = fixture();
+    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+    cmd.args([
+        "--exact",
+        "child_process_uses_token",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env("CUSTODY_CHILD_LABEL", label)
+    .env("CUSTODY_CHILD_PIN", &f.pin);
+    if let Some(r) = sign_ref {
+        cmd.env("CUSTODY_CHILD_REF", r);
+    }
+    let out = run(&mut cmd);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child failed: {text}");
+    text
+}
+
+/// Helper process for the recovery tests (ignored: it runs only when a test spawns it).
+#[test]
+#[ignore]
+fn child_process_uses_token() {
+    let (Ok(label), Ok(pin)) = (
+        std::env::var("CUSTODY_CHILD_LABEL"),
+        std::env::var("CUSTODY_CHILD_PIN"),
+    ) else {
+        return;
+    };
+    let backend = Pkcs11Backend::start(config(&label, &pin, 2, OaepMode::Auto)).expect("start");
+    let h = backend.health();
+    assert!(h.ok, "child: {}", h.detail);
+    let r = match std::env::var("CUSTODY_CHILD_REF") {
+        Ok(r) => r,
+        Err(_) => {
+            backend
+                .create(&new_key("child", KeyKind::Rsa2048Sign))
+                .expect("child create")
+                .backend_ref
+        }
+    };
+    backend
+        .sign(&r, &[6u8; 32], SignScheme::Pkcs1v15)
+        .expect("child sign");
+    println!("CHILD OK {label} {r}");
+}
+
+#[test]
+fn public_keys_are_stable_across_backends() {
+    let f = fixture();
+    let mut created = Vec::new();
+    for kind in [KeyKind::Rsa2048Sign, KeyKind::Rsa2048Oaep] {
+        let k = f.backend.create(&new_key("stable", kind)).expect("create");
+        let public = k.public.clone().expect("public");
+        assert_eq!(
+            f.backend.public_key(&k.backend_ref, kind).expect("pk"),
+            public
+        );
+        created.push((kind, k.backend_ref, public));
+    }
+    assert_ne!(created[0].2, created[1].2);
+    // A second backend (new pool, new handle cache) in the same process finds the same keys.
+    let second = Pkcs11Backend::start(config("custody", &f.pin, 2, OaepMode::Auto)).expect("start");
+    assert_eq!(second.cached_handles(), 0);
+    for (kind, r, public) in &created {
+        assert_eq!(&second.public_key(r, *kind).expect("pk"), public);
+    }
+    let digest = [9u8; 32];
+    let s1 = f
+        .backend
+        .sign(&created[0].1, &digest, SignScheme::Pkcs1v15)
+        .expect("sign");
+    let s2 = second
+        .sign(&created[0].1, &digest, SignScheme::Pkcs1v15)
+        .expect("sign");
+    assert_eq!(s1, s2, "PKCS#1 v1.5 is deterministic: same key");
+}
+
+/// Throughput through the backend (run with `--ignored --nocapture`; debug build).
+#[test]
+#[ignore]
+fn rates() {
+    let f = fixture();
+    let sign = f
+        .backend
+        .create(&new_key("rate-sign", KeyKind::Rsa2048Sign))
+        .expect("create");
+    let dec = f
+        .backend
+        .create(&new_key("rate-oaep", KeyKind::Rsa2048Oaep))
+        .expect("create");
+    let master = f
+        .backend
+        .create(&new_key("rate-master", KeyKind::Aes256))
+        .expect("create");
+    let rsa_pub =
+        RsaPublicKey::from_public_key_der(&dec.public.expect("pk").spki_der).expect("spki");
+    let ct256 = rsa_pub
+        .encrypt(&mut rand::thread_rng(), Oaep::new::<Sha256>(), b"k")
+        .expect("encrypt");
+    let ct1 = rsa_pub
+        .encrypt(&mut rand::thread_rng(), Oaep::new::<sha1::Sha1>(), b"k")
+        .expect("encrypt");
+    let secret = [0x11u8; 32];
+    let blob = f
+        .backend
+        .wrap_secret(&master.backend_ref, &secret)
+        .expect("wrap");
+    let b = &f.backend;
+    type Op<'a> = Box<dyn Fn() + Sync + 'a>;
+    let ops: Vec<(&str, Op)> = vec![
+        (
+            "sign pkcs1v15",
+            Box::new(|| {
+                b.sign(&sign.backend_ref, &[1; 32], SignScheme::Pkcs1v15)
+                    .expect("sign");
+            }),
+        ),
+        (
+            "sign pss",
+            Box::new(|| {
+                b.sign(&sign.backend_ref, &[1; 32], SignScheme::Pss)
+                    .expect("sign");
+            }),
+        ),
+        (
+            "decrypt oaep-sha256 (software path)",
+            Box::new(|| {
+                b.decrypt_oaep(&dec.backend_ref, &ct256, b"").expect("dec");
+            }),
+        ),
+        (
+            "decrypt oaep-sha1 (token path)",
+            Box::new(|| {
+                b.decrypt_oaep_with(&dec.backend_ref, &ct1, b"", OaepHash::Sha1, OaepPath::Token)
+                    .expect("dec");
+            }),
+        ),
+        (
+            "unwrap_secret 32 B",
+            Box::new(|| {
+                b.unwrap_secret(&master.backend_ref, &blob).expect("unwrap");
+            }),
+        ),
+    ];
+    for (name, op) in &ops {
+        for threads in [1usize, 2] {
+            let dur = Duration::from_secs(2);
+            let start = Instant::now();
+            let total: u64 = std::thread::scope(|sc| {
+                let hs: Vec<_> = (0..threads)
+                    .map(|_| {
+                        sc.spawn(|| {
+                            let mut n = 0u64;
+                            while start.elapsed() < dur {
+                                op();
+                                n += 1;
+                            }
+                            n
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().expect("join")).sum()
+            });
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "RATE {name:40} {threads} thread(s): {:>8.0}/s",
+                total as f64 / secs
+            );
+        }
+    }
+}
+
+fn token_dir_of(root: &Path, label: &str) -> PathBuf {
+    for entry in std::fs::read_dir(root.join("tokens")).expect("tokens dir") {
+        let dir = entry.expect("entry").path();
+        if let Ok(obj) = std::fs::read(dir.join("token.object")) {
+            let needle = format!("{label:<32}");
+            if obj.windows(32).any(|w| w == needle.as_bytes()) {
+                return dir;
+            }
+        }
+    }
+    panic!("no token directory for {label}");
+}
+
+#[test]
+fn token_directory_moved_away_and_back() {
+    let f = fixture();
+    let backend = Pkcs11Backend::start(config("vanish", &f.pin, 2, OaepMode::Auto)).expect("start");
+    let key = backend
+        .create(&new_key("vanish-sign", KeyKind::Rsa2048Sign))
+        .expect("create");
+    let master = backend
+        .create(&new_key("vanish-master", KeyKind::Aes256))
+        .expect("create");
+    backend
+        .sign(&key.backend_ref, &[1; 32], SignScheme::Pss)
+        .expect("sign");
+    let dir = token_dir_of(f.dir.path(), "vanish");
+    let away = f.dir.path().join("vanish-away");
+    std::fs::rename(&dir, &away).expect("move away");
+    // SoftHSM 2.6.1: objects vanish (handles invalid, finds empty) and C_GetTokenInfo fails with
+    // CKR_GENERAL_ERROR; the backend turns that into Unavailable, not NotFound.
+    let gone_sign = backend.sign(&key.backend_ref, &[1; 32], SignScheme::Pss);
+    let gone_wrap = backend.wrap_secret(&master.backend_ref, b"x");
+    let gone_create = backend.create(&new_key("vanish-2", KeyKind::Aes256));
+    let gone_health = backend.health();
+    println!("token dir moved away: sign {gone_sign:?}");
+    println!("token dir moved away: wrap {gone_wrap:?}");
+    println!(
+        "token dir moved away: create {:?}",
+        gone_create.as_ref().map(|k| &k.backend_ref)
+    );
+    println!("token dir moved away: health {gone_health:?}");
+    assert!(matches!(gone_sign, Err(BackendError::Unavailable(_))));
+    assert!(matches!(gone_wrap, Err(BackendError::Unavailable(_))));
+    assert!(matches!(gone_create, Err(BackendError::Unavailable(_))));
+    assert!(!gone_health.ok);
+    std::fs::rename(&away, &dir).expect("move back");
+    let back_sign = backend.sign(&key.backend_ref, &[1; 32], SignScheme::Pss);
+    let back_health = backend.health();
+    println!("token dir back, same process: sign {back_sign:?}");
+    println!("token dir back, same process: health {back_health:?}");
+    println!("stats {:?}", backend.pool_stats());
+    if back_sign.is_err() {
+        // SoftHSM keeps the token marked invalid until C_Finalize/C_Initialize: still
+        // Unavailable here; a new process (daemon restart) finds the same key again.
+        assert!(matches!(back_sign, Err(BackendError::Unavailable(_))));
+        let out = child("vanish", Some(&key.backend_ref));
+        assert!(out.contains("CHILD OK"), "{out}");
+    }
+}
