@@ -5,6 +5,8 @@
 //! key. A key is addressed by its opaque `backend_ref`, a string the backend produced when the key was
 //! created and the registry stores.
 
+pub mod tpm;
+
 use std::fmt;
 
 use zeroize::Zeroizing;
