@@ -54,12 +54,39 @@ pub fn classify(e: &tss_esapi::Error) -> Class {
     }
 }
 
-/// Short description of a TSS error: the response code in hex and its meaning.
+/// Short description of a TSS error: what it means (or which TSS layer failed) and the code.
 pub fn describe(e: &tss_esapi::Error) -> String {
-    match raw_rc(e) {
-        Some(rc) => format!("{e} (rc {rc:#x})"),
-        None => e.to_string(),
-    }
+    let Some(rc) = raw_rc(e) else {
+        return e.to_string();
+    };
+    let layer = match (rc >> 16) & 0xff {
+        0 => return format!("{e} (rc {rc:#x})"),
+        6 => "TSS feature API",
+        7 => "ESAPI",
+        8 => "SAPI",
+        9 => "TSS marshalling",
+        LAYER_TCTI => "TPM transport (TCTI)",
+        11 | 12 => "resource manager",
+        _ => "TSS",
+    };
+    let what = match rc & 0xffff {
+        1 => "general failure",
+        2 => "not implemented",
+        3 => "bad context",
+        4 => "bad sequence",
+        5 => "bad value",
+        6 => "bad reference",
+        7 => "insufficient buffer",
+        8 => "bad size",
+        9 => "timeout / try again",
+        10 => "I/O error (connection refused or lost)",
+        11 => "bad TCTI structure",
+        12 => "not permitted",
+        13 => "malformed response",
+        14 => "bad TCTI type",
+        _ => "error",
+    };
+    format!("{layer}: {what} (rc {rc:#x})")
 }
 
 /// Default mapping of a TSS error raised while doing `what`.

@@ -144,7 +144,9 @@ pub fn public_info(public: &Public) -> Result<PublicKeyInfo, BackendError> {
         _ => return Err(BackendError::Unsupported("object is not an RSA key".into())),
     };
     if n.is_empty() {
-        return Err(BackendError::Internal("TPM returned an empty RSA modulus".into()));
+        return Err(BackendError::Internal(
+            "TPM returned an empty RSA modulus".into(),
+        ));
     }
     let key = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from(e))
         .map_err(|e| BackendError::Internal(format!("TPM returned an invalid RSA key: {e}")))?;

@@ -84,9 +84,11 @@ impl Default for TpmConfig {
 ///   on swtpm/libtpms, so verifiers may use salt length 32 or "auto". The MOSIP signing key's
 ///   template fixes RSASSA, so PSS with it is `Unsupported`.
 /// - `decrypt_oaep`: RSA_Decrypt with OAEP-SHA256. The label is passed to the TPM unchanged. The
-///   TPM requires a non-empty label to end with a zero byte (else TPM_RC_VALUE, reported as
-///   `Integrity`) and uses the bytes as the OAEP label including that zero: MOSIP's one-byte label
-///   `[0x00]` is OpenSSL's `rsa_oaep_label:00`, not the empty label. The MOSIP encryption key has
+///   TPM requires a non-empty label to end with a zero byte (else TPM_RC_VALUE; reported here as
+///   `BadInput` before anything is sent) and uses all the bytes, that zero included, as the OAEP
+///   label: MOSIP's one-byte label `[0x00]` is OpenSSL's `rsa_oaep_label:00`, not the empty label,
+///   and `b"abc\0"` is `rsa_oaep_label:61626300`. A padding/label mismatch is `Integrity`
+///   (libtpms reports it as TPM_RC_FAILURE 0x101 without entering failure mode). The MOSIP encryption key has
 ///   the EK policy as authPolicy but also userWithAuth, so a password session with its empty auth
 ///   suffices.
 /// - `wrap_secret` / `unwrap_secret`: `Unsupported` (the TPM backend holds no AES keys).

@@ -10,8 +10,8 @@ use tss_esapi::{
         algorithm::HashingAlgorithm, resource_handles::Hierarchy, session_handles::AuthSession,
     },
     structures::{
-        Data, Digest, HashScheme, Public, PublicKeyRsa, RsaDecryptionScheme, RsaScheme,
-        Signature, SignatureScheme,
+        Data, Digest, HashScheme, Public, PublicKeyRsa, RsaDecryptionScheme, RsaScheme, Signature,
+        SignatureScheme,
     },
     tss2_esys::TPMT_TK_HASHCHECK,
 };
@@ -23,7 +23,9 @@ use super::{
     templates,
     worker::Worker,
 };
-use crate::backend::{BackendError, CreatedKey, Health, KeyKind, PublicKeyInfo, SignScheme, Template};
+use crate::backend::{
+    BackendError, CreatedKey, Health, KeyKind, PublicKeyInfo, SignScheme, Template,
+};
 
 /// RSA-2048 modulus / signature / ciphertext length in bytes.
 pub const RSA_BYTES: usize = 256;
@@ -209,7 +211,9 @@ impl Worker {
         let sha256 = HashScheme::new(HashingAlgorithm::Sha256);
         let (tpm_scheme, allowed) = match scheme {
             SignScheme::Pkcs1v15 => (
-                SignatureScheme::RsaSsa { hash_scheme: sha256 },
+                SignatureScheme::RsaSsa {
+                    hash_scheme: sha256,
+                },
                 match facts.scheme {
                     RsaScheme::Null => true,
                     RsaScheme::RsaSsa(h) => h == sha256,
@@ -217,7 +221,9 @@ impl Worker {
                 },
             ),
             SignScheme::Pss => (
-                SignatureScheme::RsaPss { hash_scheme: sha256 },
+                SignatureScheme::RsaPss {
+                    hash_scheme: sha256,
+                },
                 match facts.scheme {
                     RsaScheme::Null => true,
                     RsaScheme::RsaPss(h) => h == sha256,
@@ -337,9 +343,18 @@ impl Worker {
 }
 
 /// The label as sent to the TPM. The TPM (Part 3, RSA_Decrypt) requires a non-empty label to end
-/// in a zero byte and uses it as is, so the caller's bytes are passed unchanged: an empty label is
-/// OAEP's empty label, `[0x00]` is a one-zero-byte label (OpenSSL `rsa_oaep_label:00`).
+/// in a zero byte (else TPM_RC_VALUE) and uses all its bytes, the zero included, as the OAEP label
+/// L. So the caller's bytes are passed unchanged: an empty label is OAEP's empty label, `[0x00]`
+/// is the one-zero-byte label (OpenSSL `rsa_oaep_label:00`), `b"abc\0"` is OpenSSL's
+/// `rsa_oaep_label:61626300`. A label without the terminating zero is `BadInput`: such a label
+/// cannot be used with a TPM at all.
 fn tpm_label(label: &[u8]) -> Result<Data, BackendError> {
+    if label.last().is_some_and(|b| *b != 0) {
+        // The TPM would answer TPM_RC_VALUE (parameter 3); say why instead.
+        return Err(BackendError::BadInput(
+            "a TPM OAEP label must be empty or end with a zero byte".into(),
+        ));
+    }
     Data::try_from(label.to_vec())
         .map_err(|_| BackendError::BadInput(format!("OAEP label too long ({} bytes)", label.len())))
 }

@@ -27,7 +27,7 @@ use tss_esapi::{
 };
 
 use super::{
-    error::{classify, map, Class},
+    error::{classify, describe, map, Class},
     keys::MosipKey,
     templates,
 };
@@ -107,11 +107,14 @@ impl Worker {
 
     fn connect(&mut self) -> Result<(), BackendError> {
         self.cache.clear();
-        let conf = TctiNameConf::from_str(&self.tcti).map_err(|e| {
-            BackendError::Unavailable(format!("invalid TCTI {:?}: {e}", self.tcti))
-        })?;
+        let conf = TctiNameConf::from_str(&self.tcti)
+            .map_err(|e| BackendError::Unavailable(format!("invalid TCTI {:?}: {e}", self.tcti)))?;
         let ctx = Context::new(conf).map_err(|e| {
-            BackendError::Unavailable(format!("connecting to TPM via {}: {e}", self.tcti))
+            BackendError::Unavailable(format!(
+                "connecting to TPM via {}: {}",
+                self.tcti,
+                describe(&e)
+            ))
         })?;
         self.ctx = Some(ctx);
         if let Err(e) = self.flush_leftovers() {
@@ -273,15 +276,15 @@ impl Worker {
         let tpm_handle = PersistentTpmHandle::new(handle)
             .map_err(|e| BackendError::NotFound(format!("bad persistent handle: {e}")))?;
         let ctx = self.ctx()?;
-        let obj = match ctx.execute_without_session(|c| {
-            c.tr_from_tpm_public(TpmHandle::Persistent(tpm_handle))
-        }) {
+        let obj = match ctx
+            .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(tpm_handle)))
+        {
             Ok(obj) => obj,
             Err(e) => {
                 return Err(match classify(&e) {
-                    Class::Tpm(_) => BackendError::NotFound(format!(
-                        "no persistent object at {handle:#010x}"
-                    )),
+                    Class::Tpm(_) => {
+                        BackendError::NotFound(format!("no persistent object at {handle:#010x}"))
+                    }
                     _ => self.fail("opening persistent key", e),
                 })
             }
@@ -306,9 +309,8 @@ impl Worker {
     /// Persistent handles in use in `[first, first + count)`.
     pub fn persistent_in_use(&mut self, first: u32, count: u32) -> Result<Vec<u32>, BackendError> {
         let ctx = self.ctx()?;
-        let res = ctx.execute_without_session(|c| {
-            c.get_capability(CapabilityType::Handles, first, count)
-        });
+        let res = ctx
+            .execute_without_session(|c| c.get_capability(CapabilityType::Handles, first, count));
         match res {
             Ok((CapabilityData::Handles(list), _)) => Ok(list
                 .into_inner()
