@@ -145,9 +145,12 @@ impl TpmBackend {
         let job = Box::new(move |w: &mut Worker| {
             let _ = reply_tx.send(f(w));
         });
-        self.tx
-            .send(Request { deadline, job })
-            .map_err(|_| BackendError::Unavailable("TPM worker thread is not running".into()))?;
+        self.tx.send(Request { deadline, job }).map_err(|_| {
+            BackendError::Unavailable(format!(
+                "TPM worker thread is not running ({})",
+                self.cfg.tcti
+            ))
+        })?;
         match reply_rx.recv_timeout(self.cfg.op_timeout) {
             Ok(r) => r,
             Err(mpsc::RecvTimeoutError::Timeout) => Err(BackendError::Unavailable(format!(
@@ -182,9 +185,10 @@ impl Backend for TpmBackend {
     fn health(&self) -> Health {
         match self.call("health probe", |w| Ok(w.op_health())) {
             Ok(h) => h,
+            // Timeout or dead worker: those messages already name the TCTI.
             Err(e) => Health {
                 ok: false,
-                detail: format!("TPM via {}: {e}", self.cfg.tcti),
+                detail: e.to_string(),
             },
         }
     }

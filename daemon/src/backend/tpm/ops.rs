@@ -81,9 +81,14 @@ impl Worker {
                 if let BackendError::Unavailable(_) = e {
                     self.disconnect();
                 }
+                let detail = e.to_string();
                 Health {
                     ok: false,
-                    detail: format!("TPM via {}: {e}", self.tcti()),
+                    detail: if detail.contains(self.tcti()) {
+                        detail
+                    } else {
+                        format!("TPM via {}: {detail}", self.tcti())
+                    },
                 }
             }
         }
