@@ -11,6 +11,7 @@
 //! more than the signature) and frees cache entries before anything needs more slots.
 
 use std::{
+    panic::AssertUnwindSafe,
     str::FromStr,
     sync::mpsc::{Receiver, SyncSender},
     time::Instant,
@@ -78,7 +79,17 @@ impl Worker {
             if Instant::now() > req.deadline {
                 continue; // the caller already reported a timeout
             }
-            (req.job)(&mut self);
+            // A panic inside the TSS wrapper must not kill the only thread that talks to the TPM:
+            // the caller sees `Unavailable` (its reply channel is dropped) and the context, whose
+            // state is unknown, is rebuilt on the next request.
+            let job = req.job;
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut self)));
+            if outcome.is_err() {
+                tracing::error!(tcti = %self.tcti, "TPM job panicked; dropping the TPM context");
+                self.cache.clear();
+                let ctx = self.ctx.take();
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(ctx)));
+            }
         }
         self.disconnect();
         let _ = done.try_send(());
