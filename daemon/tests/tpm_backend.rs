@@ -322,37 +322,38 @@ fn mosip_templates_match_independent_raw_tpm_commands() {
     let tpm = Swtpm::start(&tmp.path().join("swtpm"));
 
     // tpm2-tools' own template for "the same" key writes exponent 0 (meaning 65537): a different
-    // template, hence a different primary. Done before the backend loads anything, because
-    // tpm2-tools leaves its primary loaded and `flushcontext -t` flushes every transient object.
-    let out = tools(
-        &tpm,
-        tmp.path(),
-        &[
-            "tpm2_createprimary",
-            "-C",
-            "e",
-            "-G",
-            "rsa2048:rsassa-sha256:null",
-            "-g",
-            "sha1",
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
-            "-c",
-            "tools.ctx",
-            "-o",
-            "tools.pem",
-            "-f",
-            "pem",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "tpm2_createprimary: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(tools(&tpm, tmp.path(), &["tpm2_flushcontext", "-t"])
-        .status
-        .success());
+    // template, hence a different primary. tpm2-tools leaves its primary loaded: doing it three
+    // times fills all 3 transient slots, like a crashed client would, and the backend must flush
+    // those leftovers when it connects.
+    for _ in 0..3 {
+        let out = tools(
+            &tpm,
+            tmp.path(),
+            &[
+                "tpm2_createprimary",
+                "-C",
+                "e",
+                "-G",
+                "rsa2048:rsassa-sha256:null",
+                "-g",
+                "sha1",
+                "-a",
+                "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
+                "-c",
+                "tools.ctx",
+                "-o",
+                "tools.pem",
+                "-f",
+                "pem",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "tpm2_createprimary: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(transient_count(&tpm, tmp.path()), 3);
     let tools_pem = std::fs::read_to_string(tmp.path().join("tools.pem")).unwrap();
     let tools_key = RsaPublicKey::from_public_key_pem(&tools_pem).expect("tools PEM");
 
@@ -393,10 +394,27 @@ fn mosip_templates_match_independent_raw_tpm_commands() {
             );
         }
     }
-    // The script flushed its objects: the TPM still has room for the backend's work.
+    // The script flushed its objects: only the backend's two cached primaries are loaded.
     let d = sha256(b"x");
     b.sign("mosip:sign", &d, SignScheme::Pkcs1v15)
         .expect("sign after interop");
+    assert_eq!(transient_count(&tpm, tmp.path()), 2);
+    drop(b);
+    assert_eq!(
+        transient_count(&tpm, tmp.path()),
+        0,
+        "dropped backend flushes its primaries"
+    );
+}
+
+/// Number of transient objects loaded in the TPM.
+fn transient_count(tpm: &Swtpm, dir: &Path) -> usize {
+    let out = tools(tpm, dir, &["tpm2_getcap", "handles-transient"]);
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("0x80"))
+        .count()
 }
 
 #[test]
