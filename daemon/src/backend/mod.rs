@@ -6,6 +6,7 @@
 //! created and the registry stores.
 
 pub mod pkcs11;
+pub mod tpm;
 
 use std::fmt;
 

@@ -1,0 +1,181 @@
+//! Key references (`backend_ref` strings) and public-key encodings.
+//!
+//! Reference formats:
+//! - `mosip:sign` / `mosip:encrypt`: the MOSIP registration client's endorsement-hierarchy
+//!   primaries, recreated from their templates (never persisted);
+//! - `persistent:0x81010100`: a default-template key persisted at that handle.
+
+use rsa::{pkcs8::EncodePublicKey, BigUint, RsaPublicKey};
+use tss_esapi::{
+    structures::{Public, RsaScheme},
+    traits::Marshall,
+};
+
+use crate::backend::{BackendError, KeyKind, PublicKeyInfo};
+
+/// Number of persistent handles (from `persistent_base`) the backend may allocate and address.
+pub const PERSISTENT_RANGE: u32 = 0x100;
+
+/// One of the two MOSIP primaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MosipKey {
+    /// The signing key (K10).
+    Sign,
+    /// The encryption (OAEP) key.
+    Encrypt,
+}
+
+impl MosipKey {
+    /// The key kind this primary serves.
+    pub fn kind(self) -> KeyKind {
+        match self {
+            MosipKey::Sign => KeyKind::Rsa2048Sign,
+            MosipKey::Encrypt => KeyKind::Rsa2048Oaep,
+        }
+    }
+}
+
+/// A parsed `backend_ref`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRef {
+    /// A MOSIP template primary.
+    Mosip(MosipKey),
+    /// A persisted default-template key at this TPM handle.
+    Persistent(u32),
+}
+
+impl KeyRef {
+    /// Parses a reference; handles outside `[base, base + PERSISTENT_RANGE)` are rejected so a
+    /// registry entry can never address (or evict) someone else's persistent object such as the EK.
+    pub fn parse(s: &str, persistent_base: u32) -> Result<KeyRef, BackendError> {
+        match s {
+            "mosip:sign" => return Ok(KeyRef::Mosip(MosipKey::Sign)),
+            "mosip:encrypt" => return Ok(KeyRef::Mosip(MosipKey::Encrypt)),
+            _ => {}
+        }
+        let bad = || BackendError::NotFound(format!("not a TPM key reference: {s:?}"));
+        let hex = s
+            .strip_prefix("persistent:0x")
+            .or_else(|| s.strip_prefix("persistent:0X"))
+            .ok_or_else(bad)?;
+        let handle = u32::from_str_radix(hex, 16).map_err(|_| bad())?;
+        if handle < persistent_base || handle - persistent_base >= PERSISTENT_RANGE {
+            return Err(BackendError::NotFound(format!(
+                "persistent handle {handle:#010x} is outside this backend's range"
+            )));
+        }
+        Ok(KeyRef::Persistent(handle))
+    }
+}
+
+impl std::fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyRef::Mosip(MosipKey::Sign) => f.write_str("mosip:sign"),
+            KeyRef::Mosip(MosipKey::Encrypt) => f.write_str("mosip:encrypt"),
+            KeyRef::Persistent(h) => write!(f, "persistent:{h:#010x}"),
+        }
+    }
+}
+
+/// Facts about an RSA key read from its `Public` area.
+#[derive(Clone, Debug)]
+pub struct RsaFacts {
+    /// The key may sign.
+    pub sign: bool,
+    /// The key may decrypt.
+    pub decrypt: bool,
+    /// The key's fixed scheme (`Null` when the caller chooses).
+    pub scheme: RsaScheme,
+}
+
+impl RsaFacts {
+    /// Reads the facts; non-RSA objects are `Unsupported`.
+    pub fn of(public: &Public) -> Result<RsaFacts, BackendError> {
+        match public {
+            Public::Rsa {
+                object_attributes,
+                parameters,
+                ..
+            } => Ok(RsaFacts {
+                sign: object_attributes.sign_encrypt(),
+                decrypt: object_attributes.decrypt(),
+                scheme: parameters.rsa_scheme(),
+            }),
+            _ => Err(BackendError::Unsupported("object is not an RSA key".into())),
+        }
+    }
+
+    /// The kind of key this is (sign or OAEP); `None` for anything else (e.g. a storage key).
+    pub fn kind(&self) -> Option<KeyKind> {
+        match (self.sign, self.decrypt) {
+            (true, false) => Some(KeyKind::Rsa2048Sign),
+            (false, true) => Some(KeyKind::Rsa2048Oaep),
+            _ => None,
+        }
+    }
+
+    /// Checks the key serves `want`; `Unsupported` otherwise.
+    pub fn require(&self, want: KeyKind) -> Result<(), BackendError> {
+        if self.kind() == Some(want) {
+            Ok(())
+        } else {
+            Err(BackendError::Unsupported(format!(
+                "key is not an {want} key (sign={}, decrypt={})",
+                self.sign, self.decrypt
+            )))
+        }
+    }
+}
+
+/// DER SubjectPublicKeyInfo and marshalled `TPMT_PUBLIC` of an RSA `Public`.
+pub fn public_info(public: &Public) -> Result<PublicKeyInfo, BackendError> {
+    let (n, e) = match public {
+        Public::Rsa {
+            parameters, unique, ..
+        } => {
+            // An exponent of 0 in a TPM public area means the default, 65537.
+            let e = match parameters.exponent().value() {
+                0 => 65537,
+                e => e,
+            };
+            (unique.value().to_vec(), e)
+        }
+        _ => return Err(BackendError::Unsupported("object is not an RSA key".into())),
+    };
+    if n.is_empty() {
+        return Err(BackendError::Internal(
+            "TPM returned an empty RSA modulus".into(),
+        ));
+    }
+    let key = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from(e))
+        .map_err(|e| BackendError::Internal(format!("TPM returned an invalid RSA key: {e}")))?;
+    let spki = key
+        .to_public_key_der()
+        .map_err(|e| BackendError::Internal(format!("encoding SubjectPublicKeyInfo: {e}")))?;
+    let tpmt = public
+        .marshall()
+        .map_err(|e| BackendError::Internal(format!("marshalling TPMT_PUBLIC: {e}")))?;
+    Ok(PublicKeyInfo {
+        spki_der: spki.as_bytes().to_vec(),
+        tpmt: Some(tpmt),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_round_trip_and_range() {
+        let base = 0x8101_0100;
+        for s in ["mosip:sign", "mosip:encrypt", "persistent:0x81010100"] {
+            let r = KeyRef::parse(s, base).map(|r| r.to_string());
+            assert_eq!(r.ok().as_deref(), Some(s));
+        }
+        assert!(KeyRef::parse("persistent:0x81010001", base).is_err());
+        assert!(KeyRef::parse("persistent:0x81010200", base).is_err());
+        assert!(KeyRef::parse("persistent:zz", base).is_err());
+        assert!(KeyRef::parse("mosip:other", base).is_err());
+    }
+}

@@ -1,0 +1,365 @@
+//! The backend operations, run on the worker thread.
+
+use tss_esapi::{
+    constants::{
+        response_code::Tss2ResponseCodeKind,
+        tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK},
+    },
+    handles::KeyHandle,
+    interface_types::{
+        algorithm::HashingAlgorithm, resource_handles::Hierarchy, session_handles::AuthSession,
+    },
+    structures::{
+        Data, Digest, HashScheme, Public, PublicKeyRsa, RsaDecryptionScheme, RsaScheme, Signature,
+        SignatureScheme,
+    },
+    tss2_esys::TPMT_TK_HASHCHECK,
+};
+use zeroize::Zeroizing;
+
+use super::{
+    error::{classify, describe, Class},
+    keys::{public_info, KeyRef, MosipKey, RsaFacts, PERSISTENT_RANGE},
+    templates,
+    worker::Worker,
+};
+use crate::backend::{
+    BackendError, CreatedKey, Health, KeyKind, PublicKeyInfo, SignScheme, Template,
+};
+
+/// RSA-2048 modulus / signature / ciphertext length in bytes.
+pub const RSA_BYTES: usize = 256;
+
+/// A key made usable for one operation: either a cached MOSIP primary (left loaded) or an opened
+/// persistent key (closed afterwards).
+struct Opened {
+    handle: KeyHandle,
+    public: Public,
+    persistent: bool,
+}
+
+impl Worker {
+    fn open(&mut self, key: KeyRef) -> Result<Opened, BackendError> {
+        match key {
+            KeyRef::Mosip(m) => {
+                let (handle, public) = self.mosip_primary(m)?;
+                Ok(Opened {
+                    handle,
+                    public,
+                    persistent: false,
+                })
+            }
+            KeyRef::Persistent(h) => {
+                let (obj, public) = self.open_persistent(h)?;
+                Ok(Opened {
+                    handle: obj.into(),
+                    public,
+                    persistent: true,
+                })
+            }
+        }
+    }
+
+    fn release(&mut self, opened: Opened) {
+        if opened.persistent {
+            self.close(opened.handle.into());
+        }
+    }
+
+    /// Probes the TPM with GetRandom.
+    pub fn op_health(&mut self) -> Health {
+        let res = self.ctx().and_then(|ctx| {
+            ctx.execute_without_session(|c| c.get_random(8))
+                .map_err(|e| BackendError::Unavailable(describe(&e)))
+        });
+        match res {
+            Ok(_) => Health {
+                ok: true,
+                detail: format!("TPM 2.0 via {}", self.tcti()),
+            },
+            Err(e) => {
+                if let BackendError::Unavailable(_) = e {
+                    self.disconnect();
+                }
+                let detail = e.to_string();
+                Health {
+                    ok: false,
+                    detail: if detail.contains(self.tcti()) {
+                        detail
+                    } else {
+                        format!("TPM via {}: {detail}", self.tcti())
+                    },
+                }
+            }
+        }
+    }
+
+    /// Creates (MOSIP: recreates) a key.
+    pub fn op_create(
+        &mut self,
+        kind: KeyKind,
+        template: Template,
+        persistent_base: u32,
+    ) -> Result<CreatedKey, BackendError> {
+        let child_template = match kind {
+            KeyKind::Aes256 => {
+                return Err(BackendError::Unsupported(
+                    "the TPM backend holds RSA keys only (no aes256)".into(),
+                ))
+            }
+            KeyKind::Rsa2048Sign => templates::default_sign,
+            KeyKind::Rsa2048Oaep => templates::default_oaep,
+        };
+        match template {
+            Template::Mosip => {
+                let m = match kind {
+                    KeyKind::Rsa2048Sign => MosipKey::Sign,
+                    _ => MosipKey::Encrypt,
+                };
+                let (_, public) = self.mosip_primary(m)?;
+                Ok(CreatedKey {
+                    backend_ref: KeyRef::Mosip(m).to_string(),
+                    public: Some(public_info(&public)?),
+                })
+            }
+            Template::Default => {
+                let template = child_template()?;
+                let (handle, public) = self.create_persistent(template, persistent_base)?;
+                Ok(CreatedKey {
+                    backend_ref: KeyRef::Persistent(handle).to_string(),
+                    public: Some(public_info(&public)?),
+                })
+            }
+        }
+    }
+
+    /// Creates a child of the owner storage primary and persists it at the first free handle.
+    fn create_persistent(
+        &mut self,
+        template: Public,
+        base: u32,
+    ) -> Result<(u32, Public), BackendError> {
+        let used = self.persistent_in_use(base, PERSISTENT_RANGE)?;
+        let handle = (base..base.saturating_add(PERSISTENT_RANGE))
+            .find(|h| !used.contains(h))
+            .ok_or_else(|| {
+                BackendError::Unavailable(format!(
+                    "no free persistent handle in {base:#010x}+{PERSISTENT_RANGE:#x}"
+                ))
+            })?;
+        // Storage primary + loaded child: two slots.
+        self.reserve_slots(2);
+        let (srk, _) = self.create_primary(Hierarchy::Owner, templates::storage_primary()?)?;
+        let created = {
+            let ctx = self.ctx()?;
+            ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                let r = c.create(srk, template, None, None, None, None)?;
+                let loaded = c.load(srk, r.out_private, r.out_public.clone())?;
+                Ok::<_, tss_esapi::Error>((loaded, r.out_public))
+            })
+        };
+        self.flush(srk.into());
+        let (loaded, public) = created.map_err(|e| self.fail("creating key", e))?;
+        let persisted = self.evict_control(loaded.into(), handle);
+        self.flush(loaded.into());
+        persisted?;
+        Ok((handle, public))
+    }
+
+    /// Reads a key's public part; `kind` must match the key.
+    pub fn op_public_key(
+        &mut self,
+        key: KeyRef,
+        kind: KeyKind,
+    ) -> Result<PublicKeyInfo, BackendError> {
+        if let KeyRef::Mosip(m) = key {
+            if m.kind() != kind {
+                return Err(BackendError::Unsupported(format!(
+                    "{key} is not an {kind} key"
+                )));
+            }
+        }
+        let opened = self.open(key)?;
+        let res = RsaFacts::of(&opened.public)
+            .and_then(|f| f.require(kind))
+            .and_then(|_| public_info(&opened.public));
+        self.release(opened);
+        res
+    }
+
+    /// Signs a SHA-256 digest.
+    pub fn op_sign(
+        &mut self,
+        key: KeyRef,
+        digest: &[u8; 32],
+        scheme: SignScheme,
+    ) -> Result<Vec<u8>, BackendError> {
+        if key == KeyRef::Mosip(MosipKey::Encrypt) {
+            return Err(BackendError::Unsupported(format!(
+                "{key} is not an rsa2048-sign key"
+            )));
+        }
+        let opened = self.open(key)?;
+        let res = self.sign_with(&opened, digest, scheme);
+        self.release(opened);
+        res
+    }
+
+    fn sign_with(
+        &mut self,
+        opened: &Opened,
+        digest: &[u8; 32],
+        scheme: SignScheme,
+    ) -> Result<Vec<u8>, BackendError> {
+        let facts = RsaFacts::of(&opened.public)?;
+        facts.require(KeyKind::Rsa2048Sign)?;
+        let sha256 = HashScheme::new(HashingAlgorithm::Sha256);
+        let (tpm_scheme, allowed) = match scheme {
+            SignScheme::Pkcs1v15 => (
+                SignatureScheme::RsaSsa {
+                    hash_scheme: sha256,
+                },
+                match facts.scheme {
+                    RsaScheme::Null => true,
+                    RsaScheme::RsaSsa(h) => h == sha256,
+                    _ => false,
+                },
+            ),
+            SignScheme::Pss => (
+                SignatureScheme::RsaPss {
+                    hash_scheme: sha256,
+                },
+                match facts.scheme {
+                    RsaScheme::Null => true,
+                    RsaScheme::RsaPss(h) => h == sha256,
+                    _ => false,
+                },
+            ),
+        };
+        if !allowed {
+            return Err(BackendError::Unsupported(format!(
+                "this key's scheme is fixed to {:?} in its TPM template; {scheme:?} is not possible",
+                facts.scheme.algorithm()
+            )));
+        }
+        let digest = Digest::try_from(digest.to_vec())
+            .map_err(|e| BackendError::Internal(format!("digest: {e}")))?;
+        let ticket = TPMT_TK_HASHCHECK {
+            tag: TPM2_ST_HASHCHECK,
+            hierarchy: TPM2_RH_NULL,
+            digest: Default::default(),
+        }
+        .try_into()
+        .map_err(|e| BackendError::Internal(format!("null hash-check ticket: {e}")))?;
+        let handle = opened.handle;
+        let ctx = self.ctx()?;
+        let res = ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.sign(handle, digest, tpm_scheme, ticket)
+        });
+        let sig = match res {
+            Ok(Signature::RsaSsa(s)) | Ok(Signature::RsaPss(s)) => s.signature().value().to_vec(),
+            Ok(other) => {
+                return Err(BackendError::Internal(format!(
+                    "TPM returned a {:?} signature",
+                    other.algorithm()
+                )))
+            }
+            Err(e) => return Err(self.fail("signing", e)),
+        };
+        if sig.len() != RSA_BYTES {
+            return Err(BackendError::Internal(format!(
+                "TPM returned a {}-byte signature",
+                sig.len()
+            )));
+        }
+        Ok(sig)
+    }
+
+    /// RSA-OAEP-SHA256 decryption (see [`super::TpmBackend`] for the label rule).
+    pub fn op_decrypt(
+        &mut self,
+        key: KeyRef,
+        ciphertext: &[u8],
+        label: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        if ciphertext.len() != RSA_BYTES {
+            return Err(BackendError::BadInput(format!(
+                "RSA-2048 ciphertext must be {RSA_BYTES} bytes, got {}",
+                ciphertext.len()
+            )));
+        }
+        if key == KeyRef::Mosip(MosipKey::Sign) {
+            return Err(BackendError::Unsupported(format!(
+                "{key} is not an rsa2048-oaep key"
+            )));
+        }
+        let label = tpm_label(label)?;
+        let ct = PublicKeyRsa::try_from(ciphertext.to_vec())
+            .map_err(|e| BackendError::BadInput(format!("ciphertext: {e}")))?;
+        let opened = self.open(key)?;
+        let res = match RsaFacts::of(&opened.public).and_then(|f| f.require(KeyKind::Rsa2048Oaep)) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let handle = opened.handle;
+                let scheme = RsaDecryptionScheme::Oaep(HashScheme::new(HashingAlgorithm::Sha256));
+                let ctx = self.ctx()?;
+                let res = ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                    c.rsa_decrypt(handle, ct, scheme, label)
+                });
+                match res {
+                    Ok(pt) => Ok(Zeroizing::new(pt.value().to_vec())),
+                    Err(e) => Err(self.decrypt_error(e)),
+                }
+            }
+        };
+        self.release(opened);
+        res
+    }
+
+    fn decrypt_error(&mut self, e: tss_esapi::Error) -> BackendError {
+        match classify(&e) {
+            // Bad OAEP padding / wrong label / wrong key: TPM_RC_VALUE (libtpms reports some
+            // padding failures as TPM_RC_FAILURE without entering failure mode).
+            Class::Tpm(Some(
+                Tss2ResponseCodeKind::Value
+                | Tss2ResponseCodeKind::Size
+                | Tss2ResponseCodeKind::Failure,
+            )) => BackendError::Integrity(format!("RSA-OAEP decryption failed: {}", describe(&e))),
+            _ => self.fail("RSA decryption", e),
+        }
+    }
+
+    /// Evicts a persisted key; MOSIP primaries cannot be destroyed.
+    pub fn op_destroy(&mut self, key: KeyRef) -> Result<(), BackendError> {
+        match key {
+            KeyRef::Mosip(_) => Err(BackendError::Unsupported(format!(
+                "{key} is derived from the TPM's endorsement seed and cannot be destroyed"
+            ))),
+            KeyRef::Persistent(h) => {
+                let (obj, _) = self.open_persistent(h)?;
+                let res = self.evict_control(obj, h);
+                if res.is_err() {
+                    self.close(obj);
+                }
+                res
+            }
+        }
+    }
+}
+
+/// The label as sent to the TPM. The TPM (Part 3, RSA_Decrypt) requires a non-empty label to end
+/// in a zero byte (else TPM_RC_VALUE) and uses all its bytes, the zero included, as the OAEP label
+/// L. So the caller's bytes are passed unchanged: an empty label is OAEP's empty label, `[0x00]`
+/// is the one-zero-byte label (OpenSSL `rsa_oaep_label:00`), `b"abc\0"` is OpenSSL's
+/// `rsa_oaep_label:61626300`. A label without the terminating zero is `BadInput`: such a label
+/// cannot be used with a TPM at all.
+fn tpm_label(label: &[u8]) -> Result<Data, BackendError> {
+    if label.last().is_some_and(|b| *b != 0) {
+        // The TPM would answer TPM_RC_VALUE (parameter 3); say why instead.
+        return Err(BackendError::BadInput(
+            "a TPM OAEP label must be empty or end with a zero byte".into(),
+        ));
+    }
+    Data::try_from(label.to_vec())
+        .map_err(|_| BackendError::BadInput(format!("OAEP label too long ({} bytes)", label.len())))
+}
