@@ -29,8 +29,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CUSTODYD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("CUSTODYD_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,cryptoki::mechanism=off")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

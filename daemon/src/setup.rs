@@ -5,8 +5,14 @@ use std::sync::Arc;
 
 use crate::audit::AuditLog;
 use crate::auth::Policy;
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+use crate::backend::pkcs11::{OaepMode, Pkcs11Backend, Pkcs11Config};
+use crate::backend::tpm::{TpmBackend, TpmConfig};
+
 use crate::backend::Backend;
-use crate::config::Config;
+use crate::config::{Config, Pkcs11Section};
 use crate::keys::KeyManager;
 use crate::state::App;
 
@@ -17,9 +23,62 @@ pub fn harden_process() {
     }
 }
 
-/// Builds the configured backends.
-pub fn backends(_cfg: &Config) -> Result<Vec<Arc<dyn Backend>>, String> {
-    Ok(Vec::new())
+/// Reads the PKCS#11 user PIN from the configured file (first line) or environment variable.
+fn read_pin(p: &Pkcs11Section, path: &Path) -> Result<SecretString, String> {
+    if let Some(f) = &p.pin_file {
+        let text = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+            format!(
+                "{}: key `pkcs11.pin_file`: cannot read {}: {e}",
+                path.display(),
+                f.display()
+            )
+        })?);
+        let line = text.lines().next().unwrap_or_default().trim_end();
+        return Ok(SecretString::from(line.to_owned()));
+    }
+    if let Some(var) = &p.pin_env {
+        return std::env::var(var).map(SecretString::from).map_err(|_| {
+            format!(
+                "{}: key `pkcs11.pin_env`: environment variable `{var}` is not set",
+                path.display()
+            )
+        });
+    }
+    Err(format!(
+        "{}: key `pkcs11.pin_file`: no PIN source",
+        path.display()
+    ))
+}
+
+/// Builds the configured backends. Neither fails because its device is absent: they report
+/// `backend_unavailable` until it answers.
+pub fn backends(cfg: &Config, path: &Path) -> Result<Vec<Arc<dyn Backend>>, String> {
+    let mut out: Vec<Arc<dyn Backend>> = Vec::new();
+    let op_timeout = cfg.server.op_timeout();
+    if let Some(t) = &cfg.tpm {
+        let mut tc = TpmConfig::new(t.tcti.clone());
+        tc.persistent_base = t.persistent_base;
+        tc.op_timeout = op_timeout;
+        out.push(Arc::new(TpmBackend::start(tc)));
+    }
+    if let Some(p) = &cfg.pkcs11 {
+        let oaep = match p.oaep.as_str() {
+            "token" => OaepMode::Token,
+            "software" => OaepMode::Software,
+            _ => OaepMode::Auto,
+        };
+        let backend = Pkcs11Backend::start(Pkcs11Config {
+            module: p.module.clone(),
+            token_label: p.token_label.clone(),
+            pin: read_pin(p, path)?,
+            max_sessions: p.max_sessions,
+            op_timeout,
+            oaep,
+        })
+        .map_err(|e| format!("{}: [pkcs11]: {e}", path.display()))?;
+        out.push(Arc::new(backend));
+    }
+    Ok(out)
 }
 
 /// Builds the whole daemon state from a loaded config: backends, registry, policy, audit, and
@@ -42,7 +101,7 @@ pub fn build(cfg: Config, path: &Path) -> Result<App, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let backends = backends(&cfg)?;
+    let backends = backends(&cfg, path)?;
     let keys = KeyManager::open(&cfg.storage.path, backends, cfg.keys.defaults)
         .map_err(|e| format!("{}: {e}", cfg.storage.path.display()))?;
     keys.ensure_declared(&cfg.keys.declare)
