@@ -328,6 +328,7 @@ pub struct DaemonBuilder {
     tpm: bool,
     hsm: bool,
     dir_mode: Option<u32>,
+    socket_name: Option<String>,
 }
 
 impl DaemonBuilder {
@@ -379,6 +380,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Puts the socket at `DIR/<rel>` instead of `DIR/custodyd.sock` (`rel` may name
+    /// subdirectories that do not exist yet: the daemon creates them).
+    pub fn socket_name(mut self, rel: &str) -> Self {
+        self.socket_name = Some(rel.to_owned());
+        self
+    }
+
     /// Writes the config and starts the daemon; panics (with the daemon's stderr) if it does not
     /// answer `hello` within [`READY_TIMEOUT`].
     pub fn start(self) -> Daemon {
@@ -403,7 +411,7 @@ impl DaemonBuilder {
         let root = dir.path().to_path_buf();
         let swtpm = self.tpm.then(|| Swtpm::start(root.join("swtpm")));
         let hsm = self.hsm.then(|| Hsm::init(root.join("hsm")));
-        let socket = root.join("custodyd.sock");
+        let socket = root.join(self.socket_name.as_deref().unwrap_or("custodyd.sock"));
         let audit = root.join("audit.log");
         let mut cfg = String::new();
         cfg.push_str("[server]\n");
@@ -676,6 +684,14 @@ impl Daemon {
         if let Some(t) = self.swtpm.as_mut() {
             if !t.is_running() {
                 t.start_again();
+            }
+            // The script reuses the old port when it can; if not, point the config at the new one.
+            let line = format!("tcti = {}", toml_str(t.tcti()));
+            let start = self.base_config.find("\n[tpm]\ntcti = ").map(|i| i + 7);
+            if let Some(start) = start {
+                let end = start + self.base_config[start..].find('\n').unwrap_or(0);
+                self.base_config.replace_range(start..end, &line);
+                self.write_config();
             }
         }
         self.spawn();
