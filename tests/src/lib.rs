@@ -105,14 +105,32 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
-/// Runs a command, killing it after `timeout`. Panics if it cannot be started or times out.
+/// Runs a command (stdin empty), killing it after `timeout`. Panics if it cannot be started
+/// or times out.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    run_with_input(cmd, None, timeout).1
+}
+
+/// Runs a command feeding `input` (if any) on its stdin, killing it after `timeout`; returns its
+/// pid and output. Panics if it cannot be started or times out.
+pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> (u32, Output) {
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id();
+    let feeder = child.stdin.take().map(|mut w| {
+        let data = input.unwrap_or_default().to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        })
+    });
     // Read pipes on threads so a chatty child cannot block on a full pipe.
     let mut so = child.stdout.take().expect("stdout");
     let mut se = child.stderr.take().expect("stderr");
@@ -138,11 +156,15 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    Output {
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    let out = Output {
         status,
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
-    }
+    };
+    (pid, out)
 }
 
 fn script(rel: &str) -> PathBuf {
@@ -736,6 +758,28 @@ impl Daemon {
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut c = self.cli_command(args);
         run_with_timeout(&mut c, Duration::from_secs(30))
+    }
+
+    /// `custody --socket SOCKET ARGS…` with `input` on stdin (e.g. `sign k --in -`).
+    pub fn cli_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut c = self.cli_command(args);
+        run_with_input(&mut c, Some(input), Duration::from_secs(30)).1
+    }
+
+    /// `custody --socket SOCKET ARGS…` run as another user via
+    /// `setpriv --reuid=USER --regid=GROUP --clear-groups` (the test runs as root). Returns the
+    /// CLI's pid (as the daemon sees it in the audit log) and its output. The socket must be
+    /// reachable by that user: see [`DaemonBuilder::dir_mode`] and `socket_mode`.
+    pub fn cli_as(&self, user: &str, group: &str, args: &[&str]) -> (u32, Output) {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={user}"))
+            .arg(format!("--regid={group}"))
+            .arg("--clear-groups")
+            .arg(custody_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args);
+        run_with_input(&mut c, None, Duration::from_secs(30))
     }
 
     /// The `custody --socket SOCKET ARGS…` command, to customise (stdin, uid wrappers…).
