@@ -103,6 +103,9 @@ fn ping_and_status_library_and_cli() {
     assert!(s2["uptime_secs"].as_u64().unwrap() > up1, "{s1} {s2}");
     drop(c);
     assert_eq!(d.terminate().code(), Some(0));
+    // No daemon: the CLI says it cannot reach it (exit 3).
+    let out = d.cli(&["ping"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
 }
 
 #[test]
@@ -786,6 +789,49 @@ fn audit_has_one_line_per_op() {
     }
     for l in &lines {
         assert_eq!(l["role"], "admin", "{l}");
+    }
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[test]
+fn small_in_flight_limit_and_idle_timeout() {
+    let mut d = DaemonBuilder::new()
+        .server(&["max_in_flight = 2", "idle_timeout_secs = 1"])
+        .start();
+    // 100 pipelined pings through a 2-request window: all answered, each exactly once.
+    let mut c = d.raw();
+    let h = c.hello().unwrap();
+    assert!(h.result.is_ok());
+    let mut buf = Vec::new();
+    for i in 0..100u64 {
+        buf.extend(frame_bytes(&request_body(
+            i,
+            names::PING,
+            &ping_args(&i.to_le_bytes()),
+        )));
+    }
+    c.send_bytes(&buf).unwrap();
+    let mut seen = HashSet::new();
+    for _ in 0..100 {
+        let r = c.expect_frame(5 * SEC);
+        let id = r.id;
+        assert!(seen.insert(id), "duplicate {id}");
+        assert_eq!(ping_data(r), id.to_le_bytes());
+    }
+    // Then nothing is in flight: the idle connection is closed after about a second.
+    let t0 = Instant::now();
+    c.expect_closed(5 * SEC);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        t0.elapsed()
+    );
+    // A client that keeps talking is not idle.
+    let b = d.client();
+    for i in 0..4u8 {
+        std::thread::sleep(Duration::from_millis(400));
+        let r: PingResult = b.call(names::PING, &ping_args(&[i])).unwrap();
+        assert_eq!(r.data, [i]);
     }
     assert_eq!(d.terminate().code(), Some(0));
 }
