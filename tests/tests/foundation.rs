@@ -1,0 +1,837 @@
+//! Foundation tests: protocol, limits, authorization, signals, socket, config, audit.
+//! They need neither a TPM nor an HSM; each starts its own daemon in its own directory.
+
+use std::collections::HashSet;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use custody_e2e::proto::ops::{names, HelloArgs, PingArgs, PingResult, StatusArgs, StatusResult};
+use custody_e2e::proto::{ErrorCode, Response};
+use custody_e2e::*;
+use serde_json::Value as Json;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn ping_args(data: &[u8]) -> PingArgs {
+    PingArgs {
+        data: data.to_vec(),
+    }
+}
+
+fn err_code(r: &Response) -> Option<ErrorCode> {
+    match &r.result {
+        Ok(_) => None,
+        Err(e) => Some(e.code().unwrap_or_else(|| panic!("unknown code {e:?}"))),
+    }
+}
+
+fn ping_data(r: Response) -> Vec<u8> {
+    r.into_result::<PingResult>()
+        .unwrap_or_else(|e| panic!("ping failed: {e}"))
+        .data
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn status_json(d: &Daemon) -> Json {
+    let out = d.cli(&["--json", "status"]);
+    assert!(out.status.success(), "custody status failed: {out:?}");
+    serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)))
+}
+
+fn ping_ok_count(status: &Json) -> u64 {
+    status["ops"]["ping"]["ok"].as_u64().unwrap_or(0)
+}
+
+fn server_error(e: ClientError) -> ErrorCode {
+    e.server()
+        .and_then(|w| w.code())
+        .unwrap_or_else(|| panic!("expected a server error, got {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn ping_and_status_library_and_cli() {
+    let mut d = DaemonBuilder::new().start();
+    let c = d.client();
+    assert_eq!(c.inner().server_hello().version, 1);
+    let r: PingResult = c.call(names::PING, &ping_args(b"hi there")).unwrap();
+    assert_eq!(r.data, b"hi there");
+    let s: StatusResult = c.call(names::STATUS, &StatusArgs {}).unwrap();
+    assert!(s.server.starts_with("custodyd "), "{}", s.server);
+    assert_eq!(s.protocol, 1);
+    assert!(s.connections >= 1);
+    assert_eq!(s.ops["ping"].ok, 1);
+
+    // CLI, human output.
+    let out = d.cli(&["ping"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).starts_with("pong from custodyd"), "{out:?}");
+    let out = d.cli(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("uptime"), "{out:?}");
+    assert!(stdout(&out).contains("op ping"), "{out:?}");
+
+    // CLI, JSON output; counters and uptime increase.
+    let out = d.cli(&["--json", "ping"]);
+    assert!(out.status.success(), "{out:?}");
+    let j: Json = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(j["pong"], Json::Bool(true));
+    let s1 = status_json(&d);
+    assert!(s1["server"].as_str().unwrap().starts_with("custodyd"));
+    let up1 = s1["uptime_secs"].as_u64().expect("uptime_secs");
+    let n1 = ping_ok_count(&s1);
+    assert_eq!(n1, 3, "1 library ping + 2 CLI pings: {s1}");
+    for i in 0..3u8 {
+        let _: PingResult = c.call(names::PING, &ping_args(&[i])).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let s2 = status_json(&d);
+    assert_eq!(ping_ok_count(&s2), n1 + 3, "{s2}");
+    assert!(
+        s2["ops"]["status"]["ok"].as_u64().unwrap() > s1["ops"]["status"]["ok"].as_u64().unwrap()
+    );
+    assert!(s2["uptime_secs"].as_u64().unwrap() > up1, "{s1} {s2}");
+    drop(c);
+    assert_eq!(d.terminate().code(), Some(0));
+    // No daemon: the CLI says it cannot reach it (exit 3).
+    let out = d.cli(&["ping"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
+#[test]
+fn many_concurrent_pipelined_connections() {
+    const CONNS: usize = 200;
+    const PER: u64 = 20;
+    let mut d = DaemonBuilder::new().start();
+    let socket = d.socket().to_path_buf();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let total = rt.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut set = tokio::task::JoinSet::new();
+        for conn in 0..CONNS {
+            let socket = socket.clone();
+            set.spawn(async move {
+                let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+                // hello and every ping in one write, before reading anything.
+                let mut buf = frame_bytes(&request_body(
+                    1_000_000,
+                    names::HELLO,
+                    &HelloArgs {
+                        version: 1,
+                        client: None,
+                    },
+                ));
+                for i in 0..PER {
+                    let data = format!("conn {conn} req {i}").into_bytes();
+                    buf.extend(frame_bytes(&request_body(
+                        i,
+                        names::PING,
+                        &ping_args(&data),
+                    )));
+                }
+                s.write_all(&buf).await.unwrap();
+                let mut seen = HashSet::new();
+                for _ in 0..=PER {
+                    let mut h = [0u8; 4];
+                    s.read_exact(&mut h).await.unwrap();
+                    let mut body = vec![0u8; u32::from_be_bytes(h) as usize];
+                    s.read_exact(&mut body).await.unwrap();
+                    let r = Response::decode(&body).unwrap();
+                    if r.id == 1_000_000 {
+                        assert!(r.result.is_ok(), "hello: {r:?}");
+                    } else {
+                        let id = r.id;
+                        assert!(id < PER, "unexpected id {id}");
+                        let data = ping_data(r);
+                        assert_eq!(data, format!("conn {conn} req {id}").into_bytes());
+                    }
+                    assert!(seen.insert(id_of(&body)), "duplicate response");
+                }
+                seen.len()
+            });
+        }
+        let mut total = 0;
+        while let Some(r) = set.join_next().await {
+            total += r.expect("connection task panicked");
+        }
+        total
+    });
+    assert_eq!(total, CONNS * (PER as usize + 1));
+
+    // The async client pipelines too: 100 concurrent calls on one connection.
+    let total = rt.block_on(async {
+        let c = Arc::new(d.async_client().await);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..100u32 {
+            let c = c.clone();
+            set.spawn(async move {
+                let r: PingResult = c
+                    .call(names::PING, &ping_args(&i.to_be_bytes()))
+                    .await
+                    .unwrap();
+                assert_eq!(r.data, i.to_be_bytes());
+            });
+        }
+        let mut n = 0;
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+            n += 1;
+        }
+        n
+    });
+    assert_eq!(total, 100);
+    d.assert_running();
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+fn id_of(body: &[u8]) -> u64 {
+    Response::decode(body).unwrap().id
+}
+
+/// Pings on its own connection in a loop until stopped; counts successes, panics on failure.
+struct Bystander {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Bystander {
+    fn start(d: &Daemon) -> Bystander {
+        let c = d.client();
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), count.clone());
+        let thread = std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                i += 1;
+                let data = i.to_be_bytes();
+                let r: PingResult = c
+                    .call(names::PING, &ping_args(&data))
+                    .unwrap_or_else(|e| panic!("bystander ping {i} failed: {e}"));
+                assert_eq!(r.data, data);
+                n.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Bystander {
+            stop,
+            count,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the bystander has completed at least one more ping than now.
+    fn progresses(&self) {
+        let n = self.count();
+        wait_for(5 * SEC, "the bystander's next ping", || {
+            (self.count() > n).then_some(())
+        });
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("bystander failed");
+        self.count()
+    }
+}
+
+#[test]
+fn misbehaving_clients_get_errors_and_others_are_served() {
+    let mut d = DaemonBuilder::new()
+        .server(&["frame_timeout_secs = 1"])
+        .start();
+    let by = Bystander::start(&d);
+    let t = 5 * SEC;
+
+    // Garbage bytes: "GET " read as a length is far above max_frame → too_large, then closed.
+    let mut c = d.raw();
+    c.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let r = c.expect_frame(t);
+    assert_eq!(
+        (r.id, err_code(&r)),
+        (0, Some(ErrorCode::TooLarge)),
+        "{r:?}"
+    );
+    c.expect_closed(t);
+    by.progresses();
+
+    // Oversized length header, after a good hello.
+    let mut c = d.raw();
+    assert!(c.hello().unwrap().result.is_ok());
+    c.send_bytes(&0x7fff_ffffu32.to_be_bytes()).unwrap();
+    let r = c.expect_frame(t);
+    assert_eq!(
+        (r.id, err_code(&r)),
+        (0, Some(ErrorCode::TooLarge)),
+        "{r:?}"
+    );
+    c.expect_closed(t);
+    by.progresses();
+
+    // Undecodable CBOR → bad_request with id 0; the connection stays usable.
+    let mut c = d.raw();
+    assert!(c.hello().unwrap().result.is_ok());
+    c.send_frame(&[0xff, 0xfe, 0x00, 0x13]).unwrap();
+    let r = c.expect_frame(t);
+    assert_eq!(
+        (r.id, err_code(&r)),
+        (0, Some(ErrorCode::BadRequest)),
+        "{r:?}"
+    );
+    // Empty frame → bad_request, connection stays.
+    c.send_bytes(&[0, 0, 0, 0]).unwrap();
+    let r = c.expect_frame(t);
+    assert_eq!(
+        (r.id, err_code(&r)),
+        (0, Some(ErrorCode::BadRequest)),
+        "{r:?}"
+    );
+    // A CBOR value that is not a request map.
+    c.send_frame(&[0x05]).unwrap();
+    let r = c.expect_frame(t);
+    assert_eq!(err_code(&r), Some(ErrorCode::BadRequest), "{r:?}");
+    // `args` that is not a map → bad_request with the request's id.
+    let mut body = Vec::new();
+    ciborium::into_writer(
+        &ciborium::Value::Map(vec![
+            ("id".into(), 77.into()),
+            ("op".into(), "ping".into()),
+            ("args".into(), ciborium::Value::Array(vec![])),
+        ]),
+        &mut body,
+    )
+    .unwrap();
+    c.send_frame(&body).unwrap();
+    let r = c.expect_frame(t);
+    assert_eq!(
+        (r.id, err_code(&r)),
+        (77, Some(ErrorCode::BadRequest)),
+        "{r:?}"
+    );
+    // Unknown op → unknown_op with the id.
+    c.send(8, "frobnicate", &()).unwrap();
+    let r = c.expect_frame(t);
+    assert_eq!(
+        (r.id, err_code(&r)),
+        (8, Some(ErrorCode::UnknownOp)),
+        "{r:?}"
+    );
+    // Still served on this very connection.
+    c.send(9, names::PING, &ping_args(b"still here")).unwrap();
+    let r = c.expect_frame(t);
+    assert_eq!(r.id, 9);
+    assert_eq!(ping_data(r), b"still here");
+    by.progresses();
+
+    // Wrong protocol version → unsupported_version; the connection is not yet usable.
+    let mut c = d.raw();
+    c.send_hello(2).unwrap();
+    let r = c.expect_frame(t);
+    assert_eq!(err_code(&r), Some(ErrorCode::UnsupportedVersion), "{r:?}");
+    c.send(3, names::PING, &ping_args(b"x")).unwrap();
+    let r = c.expect_frame(t);
+    assert_eq!(
+        (r.id, err_code(&r)),
+        (3, Some(ErrorCode::BadRequest)),
+        "{r:?}"
+    );
+    assert!(c.hello().unwrap().result.is_ok());
+    c.send(4, names::PING, &ping_args(b"y")).unwrap();
+    assert_eq!(ping_data(c.expect_frame(t)), b"y");
+
+    // An op before hello → bad_request with its id.
+    let mut c = d.raw();
+    c.send(11, names::STATUS, &StatusArgs {}).unwrap();
+    let r = c.expect_frame(t);
+    assert_eq!(
+        (r.id, err_code(&r)),
+        (11, Some(ErrorCode::BadRequest)),
+        "{r:?}"
+    );
+    assert!(r.result.unwrap_err().message.contains("hello"));
+    by.progresses();
+
+    // A truncated frame: header announces 100 bytes, 10 arrive → closed after the frame timeout.
+    let mut c = d.raw();
+    assert!(c.hello().unwrap().result.is_ok());
+    c.send_bytes(&100u32.to_be_bytes()).unwrap();
+    c.send_bytes(&[0xa3; 10]).unwrap();
+    let t0 = Instant::now();
+    c.expect_closed(t);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        t0.elapsed()
+    );
+    by.progresses();
+
+    let n = by.finish();
+    assert!(n >= 6, "bystander completed only {n} pings");
+    d.assert_running();
+    let r: PingResult = d.client().call(names::PING, &ping_args(b"after")).unwrap();
+    assert_eq!(r.data, b"after");
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[test]
+fn stalled_half_frame_is_dropped_while_others_are_served() {
+    let mut d = DaemonBuilder::new()
+        .server(&["frame_timeout_secs = 1"])
+        .start();
+    // Staller 1: half a body. Staller 2: half a header.
+    let mut s1 = d.raw();
+    assert!(s1.hello().unwrap().result.is_ok());
+    let full = frame_bytes(&request_body(1, names::PING, &ping_args(&[7; 40])));
+    s1.send_bytes(&full[..full.len() / 2]).unwrap();
+    let mut s2 = d.raw();
+    assert!(s2.hello().unwrap().result.is_ok());
+    s2.send_bytes(&[0, 0]).unwrap();
+    let t0 = Instant::now();
+
+    let waiter = std::thread::spawn(move || {
+        s1.expect_closed(10 * SEC);
+        let e1 = t0.elapsed();
+        s2.expect_closed(10 * SEC);
+        (e1, t0.elapsed())
+    });
+    // Meanwhile another client gets answers.
+    let c = d.client();
+    let mut during = 0;
+    while t0.elapsed() < Duration::from_millis(800) {
+        let r: PingResult = c.call(names::PING, &ping_args(b"meanwhile")).unwrap();
+        assert_eq!(r.data, b"meanwhile");
+        during += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (e1, e2) = waiter.join().unwrap();
+    assert!(
+        during >= 10,
+        "only {during} pings answered during the stall"
+    );
+    for e in [e1, e2] {
+        assert!(
+            e >= Duration::from_millis(800) && e < Duration::from_secs(4),
+            "stalled connection closed after {e:?}"
+        );
+    }
+    let r: PingResult = c.call(names::PING, &ping_args(b"after")).unwrap();
+    assert_eq!(r.data, b"after");
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[test]
+fn max_connections_exceeded_gets_busy() {
+    let mut d = DaemonBuilder::new()
+        .server(&["max_connections = 2"])
+        .start();
+    // The readiness probe has closed, but the server frees its slot only when it notices:
+    // retry until admitted.
+    let admitted = || {
+        wait_for(5 * SEC, "a free connection slot", || {
+            let mut c = d.raw();
+            c.hello().ok().filter(|r| r.result.is_ok()).map(|_| c)
+        })
+    };
+    let mut c1 = admitted();
+    let mut c2 = admitted();
+    let mut c3 = d.raw();
+    let r = c3.expect_frame(5 * SEC);
+    assert_eq!((r.id, err_code(&r)), (0, Some(ErrorCode::Busy)), "{r:?}");
+    c3.expect_closed(5 * SEC);
+    // The two admitted connections still work.
+    for (i, c) in [&mut c1, &mut c2].into_iter().enumerate() {
+        c.send(i as u64 + 1, names::PING, &ping_args(b"ok"))
+            .unwrap();
+        assert_eq!(ping_data(c.expect_frame(5 * SEC)), b"ok");
+    }
+    // The CLI fails. It should report `busy` (exit 21), but the client library races the
+    // server's close: writing `hello` after the server has sent `busy` and closed gives EPIPE,
+    // reported as "connect: Broken pipe" (exit 3) — see the e2e report (client/src/lib.rs,
+    // Client::call_raw returns the write error without looking at the pending busy frame).
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let out = d.cli(&["ping"]);
+        let code = out.status.code();
+        assert!(matches!(code, Some(21) | Some(3)), "{out:?}");
+        if code == Some(21) {
+            assert!(stderr(&out).contains("busy"), "{out:?}");
+        }
+        codes.push(code.unwrap());
+    }
+    eprintln!("custody ping exit codes while over the connection limit: {codes:?}");
+    // A slot frees when a connection closes.
+    drop(c1);
+    wait_for(5 * SEC, "a slot after closing a connection", || {
+        let mut c = d.raw();
+        c.hello().ok().filter(|r| r.result.is_ok())
+    });
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[test]
+fn uid_without_role_is_denied_and_audited() {
+    let mut d = DaemonBuilder::new()
+        .dir_mode(0o755)
+        .server(&["socket_mode = \"0666\""])
+        .start();
+    let (pid, out) = d.cli_as("nobody", "nogroup", &["ping"]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    assert!(stderr(&out).contains("permission_denied"), "{out:?}");
+    let (_, out) = d.cli_as("nobody", "nogroup", &["status"]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    // Root is still allowed.
+    let out = d.cli(&["ping"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let lines = d.audit_lines();
+    let denied: Vec<&Json> = lines
+        .iter()
+        .filter(|l| l["uid"] == 65534 && l["op"] == "ping")
+        .collect();
+    assert_eq!(denied.len(), 1, "{lines:?}");
+    let l = denied[0];
+    assert_eq!(l["outcome"], "permission_denied", "{l}");
+    assert_eq!(l["role"], Json::Null, "{l}");
+    assert_eq!(l["gid"], 65534, "{l}");
+    assert_eq!(l["pid"], pid, "{l}");
+    assert!(lines
+        .iter()
+        .any(|l| l["uid"] == 65534 && l["op"] == "status" && l["outcome"] == "permission_denied"));
+    assert!(lines
+        .iter()
+        .any(|l| l["uid"] == 0 && l["op"] == "ping" && l["outcome"] == "ok"));
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+fn root_role(ops: &[&str]) -> String {
+    let ops: Vec<String> = ops.iter().map(|o| toml_str(o)).collect();
+    format!(
+        "[[roles]]\nname = \"scoped\"\nunix_users = [\"root\"]\nops = [{}]\n",
+        ops.join(", ")
+    )
+}
+
+fn status_allowed(d: &Daemon) -> Result<(), ErrorCode> {
+    d.client()
+        .call::<_, StatusResult>(names::STATUS, &StatusArgs {})
+        .map(|_| ())
+        .map_err(server_error)
+}
+
+#[test]
+fn role_scoping_and_sighup_reload() {
+    let mut d = DaemonBuilder::new().roles(&root_role(&["ping"])).start();
+    let c = d.client();
+    let _: PingResult = c.call(names::PING, &ping_args(b"a")).unwrap();
+    assert_eq!(status_allowed(&d), Err(ErrorCode::PermissionDenied));
+    let out = d.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+
+    // Grant status and reload.
+    d.set_roles(&root_role(&["ping", "status"]));
+    d.reload();
+    wait_for(5 * SEC, "status to be granted after SIGHUP", || {
+        status_allowed(&d).ok()
+    });
+    assert!(d.stderr().contains("policy reloaded"), "{}", d.stderr());
+    // Existing connections see the new policy too.
+    let _: StatusResult = c.call(names::STATUS, &StatusArgs {}).unwrap();
+
+    // A broken file is rejected; the previous roles stay.
+    d.write_raw_config("[server\nthis is not toml");
+    d.reload();
+    wait_for(5 * SEC, "the broken reload to be rejected", || {
+        (d.stderr().matches("policy reload rejected").count() == 1).then_some(())
+    });
+    d.assert_running();
+    assert_eq!(status_allowed(&d), Ok(()));
+    // A file that parses but names an unknown user is rejected as well.
+    d.set_roles("[[roles]]\nname = \"x\"\nunix_users = [\"no-such-user-e2e\"]\nops = [\"*\"]\n");
+    d.reload();
+    wait_for(5 * SEC, "the second bad reload to be rejected", || {
+        (d.stderr().matches("policy reload rejected").count() == 2).then_some(())
+    });
+    assert!(d.stderr().contains("no-such-user-e2e"));
+    assert_eq!(status_allowed(&d), Ok(()));
+    let _: PingResult = c.call(names::PING, &ping_args(b"b")).unwrap();
+
+    // Reload replaces the roles whole: revoking status works.
+    d.set_roles(&root_role(&["ping"]));
+    d.reload();
+    wait_for(5 * SEC, "status to be revoked after SIGHUP", || {
+        (status_allowed(&d) == Err(ErrorCode::PermissionDenied)).then_some(())
+    });
+    let _: PingResult = c.call(names::PING, &ping_args(b"c")).unwrap();
+    drop(c);
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn socket_mode_and_directory() {
+    let mut d = DaemonBuilder::new().socket_name("run/sub/c.sock").start();
+    let meta = std::fs::symlink_metadata(d.socket()).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(mode_of(d.socket()), 0o660);
+    assert_eq!(mode_of(&d.dir().join("run/sub")), 0o750);
+    assert_eq!(d.terminate().code(), Some(0));
+
+    let mut d = DaemonBuilder::new()
+        .dir_mode(0o711)
+        .server(&["socket_mode = \"0600\""])
+        .start();
+    assert_eq!(mode_of(d.socket()), 0o600);
+    // An existing directory keeps its mode.
+    assert_eq!(mode_of(d.dir()), 0o711);
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[test]
+fn stale_socket_replaced_and_live_socket_refused() {
+    let mut d = DaemonBuilder::new().start();
+    d.kill();
+    assert!(
+        std::fs::symlink_metadata(d.socket()).is_ok(),
+        "a killed daemon leaves its socket"
+    );
+    assert!(
+        RawConn::connect(d.socket()).is_err(),
+        "stale socket accepts"
+    );
+    d.restart();
+    let r: PingResult = d.client().call(names::PING, &ping_args(b"1")).unwrap();
+    assert_eq!(r.data, b"1");
+
+    // A second daemon on the live socket refuses to start and leaves the first alone.
+    let out = d.run_to_exit(20 * SEC);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        stderr(&out).contains("another process is listening"),
+        "{}",
+        stderr(&out)
+    );
+    d.assert_running();
+    let r: PingResult = d.client().call(names::PING, &ping_args(b"2")).unwrap();
+    assert_eq!(r.data, b"2");
+    assert_eq!(d.terminate().code(), Some(0));
+    assert!(!d.socket().exists(), "socket left behind after SIGTERM");
+}
+
+#[test]
+fn config_errors_name_file_and_key() {
+    let d = DaemonBuilder::new().prepare();
+    let good = d.config_text();
+    let path = d.config_path().display().to_string();
+
+    let cases: Vec<(String, &str)> = vec![
+        (
+            good.replacen("[server]\n", "[server]\nbogus_knob = 1\n", 1),
+            "bogus_knob",
+        ),
+        (
+            good.replacen("[server]\n", "[server]\nsocket_mode = \"0999\"\n", 1),
+            "server.socket_mode",
+        ),
+        (
+            good.replacen("[server]\n", "[server]\nsocket_mode = \"rw-rw----\"\n", 1),
+            "server.socket_mode",
+        ),
+        (
+            good.replacen("[storage]\n", "[not_storage]\n", 1),
+            "storage",
+        ),
+        (
+            good.replacen("[server]\n", "[server]\nmax_in_flight = 0\n", 1),
+            "server.max_in_flight",
+        ),
+    ];
+    for (text, key) in cases {
+        d.write_raw_config(&text);
+        let out = d.run_to_exit(10 * SEC);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "accepted config with {key}: {out:?}");
+        assert!(err.contains(&path), "stderr does not name the file: {err}");
+        assert!(err.contains(key), "stderr does not name `{key}`: {err}");
+        assert!(!d.socket().exists());
+    }
+    // `--check` accepts the good file and rejects a bad one.
+    d.write_raw_config(&good);
+    let mut c = d.command();
+    let out = run_with_timeout(c.arg("--check"), 10 * SEC);
+    assert!(out.status.success(), "{out:?}");
+    d.write_raw_config(&good.replacen("[server]\n", "[server]\nbogus_knob = 1\n", 1));
+    let mut c = d.command();
+    let out = run_with_timeout(c.arg("--check"), 10 * SEC);
+    assert!(!out.status.success(), "{out:?}");
+}
+
+#[test]
+fn sigterm_drains_requests_already_read() {
+    const CONNS: usize = 5;
+    const PER: u64 = 200;
+    let mut d = DaemonBuilder::new().start();
+    let mut conns: Vec<RawConn> = (0..CONNS)
+        .map(|_| {
+            let mut c = d.raw();
+            assert!(c.hello().unwrap().result.is_ok());
+            c
+        })
+        .collect();
+    for (n, c) in conns.iter_mut().enumerate() {
+        let mut buf = Vec::new();
+        for i in 0..PER {
+            let data = format!("{n}/{i}").into_bytes();
+            buf.extend(frame_bytes(&request_body(
+                i,
+                names::PING,
+                &ping_args(&data),
+            )));
+        }
+        c.send_bytes(&buf).unwrap();
+    }
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+
+    let mut answered = 0;
+    for (n, c) in conns.iter_mut().enumerate() {
+        let mut seen = HashSet::new();
+        loop {
+            match c.read(10 * SEC) {
+                Reply::Frame(r) => {
+                    let id = r.id;
+                    assert!(id < PER && seen.insert(id), "unexpected id {id}");
+                    assert_eq!(ping_data(r), format!("{n}/{id}").into_bytes());
+                }
+                Reply::Closed => break,
+                Reply::Timeout => panic!("connection {n} neither answered nor closed"),
+            }
+        }
+        answered += seen.len();
+    }
+    let st = d.wait_exit(30 * SEC);
+    assert_eq!(st.code(), Some(0), "{}", d.stderr());
+    assert!(!d.socket().exists(), "socket file not removed");
+    // Every ping the daemon executed (one audit line each) was answered.
+    let executed = d.audit_lines().iter().filter(|l| l["op"] == "ping").count();
+    assert_eq!(
+        executed, answered,
+        "executed {executed}, answered {answered}"
+    );
+    assert!(answered <= CONNS * PER as usize);
+    eprintln!(
+        "SIGTERM drain: {answered} of {} pings answered",
+        CONNS * PER as usize
+    );
+}
+
+#[test]
+fn audit_has_one_line_per_op() {
+    let mut d = DaemonBuilder::new().start();
+    let c = d.client();
+    let _: PingResult = c.call(names::PING, &ping_args(b"x")).unwrap();
+    let _: StatusResult = c.call(names::STATUS, &StatusArgs {}).unwrap();
+    let e = c
+        .call::<_, PingResult>(names::PING, &ping_args(&[0; 2000]))
+        .unwrap_err();
+    assert_eq!(server_error(e), ErrorCode::BadRequest);
+    let out = d.cli(&["ping"]);
+    assert!(out.status.success(), "{out:?}");
+    drop(c);
+
+    let lines = d.audit_lines();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let me = std::process::id();
+    let expect = [
+        ("ping", "ok", Some(me)),
+        ("status", "ok", Some(me)),
+        ("ping", "bad_request", Some(me)),
+        ("ping", "ok", None),
+    ];
+    for (l, (op, outcome, pid)) in lines.iter().zip(expect) {
+        assert_eq!(l["op"], op, "{l}");
+        assert_eq!(l["outcome"], outcome, "{l}");
+        assert_eq!(l["uid"], 0, "{l}");
+        assert_eq!(l["gid"], 0, "{l}");
+        assert!(l["pid"].as_u64().is_some(), "{l}");
+        if let Some(p) = pid {
+            assert_eq!(l["pid"], p, "{l}");
+        } else {
+            assert_ne!(l["pid"], me, "{l}");
+        }
+        assert!(l["duration_us"].as_u64().is_some(), "{l}");
+        assert!(l["ts_ms"].as_u64().unwrap() > 1_600_000_000_000, "{l}");
+        assert_eq!(l["key"], Json::Null, "{l}");
+    }
+    for l in &lines {
+        assert_eq!(l["role"], "admin", "{l}");
+    }
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[test]
+fn small_in_flight_limit_and_idle_timeout() {
+    let mut d = DaemonBuilder::new()
+        .server(&["max_in_flight = 2", "idle_timeout_secs = 1"])
+        .start();
+    // 100 pipelined pings through a 2-request window: all answered, each exactly once.
+    let mut c = d.raw();
+    let h = c.hello().unwrap();
+    assert!(h.result.is_ok());
+    let mut buf = Vec::new();
+    for i in 0..100u64 {
+        buf.extend(frame_bytes(&request_body(
+            i,
+            names::PING,
+            &ping_args(&i.to_le_bytes()),
+        )));
+    }
+    c.send_bytes(&buf).unwrap();
+    let mut seen = HashSet::new();
+    for _ in 0..100 {
+        let r = c.expect_frame(5 * SEC);
+        let id = r.id;
+        assert!(seen.insert(id), "duplicate {id}");
+        assert_eq!(ping_data(r), id.to_le_bytes());
+    }
+    // Then nothing is in flight: the idle connection is closed after about a second.
+    let t0 = Instant::now();
+    c.expect_closed(5 * SEC);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        t0.elapsed()
+    );
+    // A client that keeps talking is not idle.
+    let b = d.client();
+    for i in 0..4u8 {
+        std::thread::sleep(Duration::from_millis(400));
+        let r: PingResult = b.call(names::PING, &ping_args(&[i])).unwrap();
+        assert_eq!(r.data, [i]);
+    }
+    assert_eq!(d.terminate().code(), Some(0));
+}
