@@ -70,8 +70,7 @@ run custody --json envelope open ida-partner --in "$W/datashare.v1.env"
 custody envelope open ida-partner --in "$W/datashare.v1.env" | cmp - "$W/datashare.json" && echo "plaintext matches"
 
 step "IDA: new envelopes go to version 2"
-run custody --json envelope seal ida-partner --in "$W/datashare.json" --out "$W/datashare.v2.env"
-custody envelope seal ida-partner --in "$W/datashare.json" --out "$W/datashare.v2.env"
+run custody envelope seal ida-partner --in "$W/datashare.json" --out "$W/datashare.v2.env"
 run custody --json envelope open ida-partner --in "$W/datashare.v2.env"
 
 step "Audit trail (last lines)"

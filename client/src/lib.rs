@@ -142,14 +142,22 @@ impl Client {
                 None => return Err(ClientError::Protocol("connection closed".into())),
             };
         }
-        {
+        let written = {
             let mut w = self.writer.lock().await;
-            if let Err(e) = w.write_all(&bytes).await {
-                if let Some(m) = lock(&self.pending).as_mut() {
-                    m.remove(&id);
+            w.write_all(&bytes).await
+        };
+        if let Err(e) = written {
+            // The server may have answered with a connection-level error (e.g. `busy`) and
+            // closed before we wrote: the reader hands that frame to every waiter.
+            return match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {
+                Ok(Ok(resp)) => Ok(resp),
+                _ => {
+                    if let Some(m) = lock(&self.pending).as_mut() {
+                        m.remove(&id);
+                    }
+                    Err(e.into())
                 }
-                return Err(e.into());
-            }
+            };
         }
         rx.await
             .map_err(|_| ClientError::Protocol("connection closed before the response".into()))

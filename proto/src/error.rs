@@ -28,9 +28,9 @@ pub enum ErrorCode {
     Integrity,
     /// The TPM or HSM cannot be reached now; retry later.
     BackendUnavailable,
-    /// A limit was reached (connections, queue); retry later.
+    /// The connection limit was reached; retry later.
     Busy,
-    /// The frame or a field is larger than the server allows.
+    /// The frame (request or response) is larger than the frame limit.
     TooLarge,
     /// An unexpected server-side failure; the message says what.
     Internal,

@@ -25,12 +25,11 @@ pub struct Response {
     pub result: Result<Value, WireError>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct RawRequest {
-    id: Option<u64>,
-    op: Option<String>,
-    #[serde(default)]
-    args: Option<Value>,
+#[derive(Serialize)]
+struct RawRequest<'a> {
+    id: u64,
+    op: &'a str,
+    args: &'a Value,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -75,48 +74,44 @@ impl Request {
     /// Encodes the request body (without the frame header).
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         to_cbor(&RawRequest {
-            id: Some(self.id),
-            op: Some(self.op.clone()),
-            args: Some(self.args.clone()),
+            id: self.id,
+            op: &self.op,
+            args: &self.args,
         })
     }
 
     /// Decodes a request body. On failure returns the id if it could be read (else 0) and a
-    /// `bad_request` error saying what is wrong.
+    /// `bad_request` error saying what is wrong. The body must be exactly one CBOR map.
     pub fn decode(body: &[u8]) -> Result<Self, (u64, WireError)> {
-        let raw: RawRequest = ciborium::from_reader(body).map_err(|e| {
-            (
-                0,
-                WireError::new(
-                    ErrorCode::BadRequest,
-                    format!("request is not a CBOR map {{id, op, args}}: {e}"),
-                ),
-            )
-        })?;
-        let id = raw.id.ok_or_else(|| {
-            (
-                0,
-                WireError::new(
-                    ErrorCode::BadRequest,
-                    "request has no unsigned integer `id`",
-                ),
-            )
-        })?;
-        let op = raw.op.ok_or_else(|| {
-            (
-                id,
-                WireError::new(ErrorCode::BadRequest, "request has no text `op`"),
-            )
-        })?;
-        let args = match raw.args {
+        let bad = |id: u64, m: String| (id, WireError::new(ErrorCode::BadRequest, m));
+        let mut cursor = std::io::Cursor::new(body);
+        let value: Value = ciborium::from_reader(&mut cursor)
+            .map_err(|e| bad(0, format!("request is not valid CBOR: {e}")))?;
+        if (cursor.position() as usize) != body.len() {
+            return Err(bad(0, "bytes follow the request's CBOR item".into()));
+        }
+        let Value::Map(entries) = value else {
+            return Err(bad(0, "request is not a CBOR map {id, op, args}".into()));
+        };
+        let field = |name: &str| {
+            entries
+                .iter()
+                .find(|(k, _)| k.as_text() == Some(name))
+                .map(|(_, v)| v)
+        };
+        let id = field("id")
+            .and_then(|v| v.as_integer())
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| bad(0, "request has no unsigned integer `id`".into()))?;
+        let op = match field("op") {
+            Some(Value::Text(t)) => t.clone(),
+            Some(_) => return Err(bad(id, "`op` must be a text string".into())),
+            None => return Err(bad(id, "request has no text `op`".into())),
+        };
+        let args = match field("args") {
             None | Some(Value::Null) => Value::Map(Vec::new()),
-            Some(v @ Value::Map(_)) => v,
-            Some(_) => {
-                return Err((
-                    id,
-                    WireError::new(ErrorCode::BadRequest, "`args` must be a CBOR map"),
-                ))
-            }
+            Some(v @ Value::Map(_)) => v.clone(),
+            Some(_) => return Err(bad(id, "`args` must be a CBOR map".into())),
         };
         Ok(Request { id, op, args })
     }
@@ -238,6 +233,27 @@ mod tests {
         .unwrap();
         let (id, e) = Request::decode(&body).unwrap_err();
         assert_eq!((id, e.code()), (9, Some(ErrorCode::BadRequest)));
+    }
+
+    #[test]
+    fn trailing_bytes_and_mistyped_op() {
+        let mut body = Request::new(5, "ping", &PingArgs::default())
+            .unwrap()
+            .encode()
+            .unwrap();
+        body.push(0);
+        assert_eq!(Request::decode(&body).unwrap_err().0, 0);
+        let mut body = Vec::new();
+        ciborium::into_writer(
+            &Value::Map(vec![
+                (Value::Text("id".into()), Value::Integer(11.into())),
+                (Value::Text("op".into()), Value::Integer(1.into())),
+            ]),
+            &mut body,
+        )
+        .unwrap();
+        let (id, e) = Request::decode(&body).unwrap_err();
+        assert_eq!((id, e.code()), (11, Some(ErrorCode::BadRequest)));
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub mod names {
 pub struct HelloArgs {
     /// Protocol version the client speaks.
     pub version: u32,
-    /// Free-form client name for logs.
+    /// Free-form client name (logged at debug level).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
 }
@@ -196,7 +196,7 @@ pub struct KeyListArgs {}
 pub struct VersionInfo {
     /// Version number, from 1.
     pub version: u32,
-    /// `active`, `retired` or `destroyed`.
+    /// `active`, `decrypt-only`, `retired` or `destroyed`.
     pub state: String,
     /// Creation time, Unix seconds.
     pub created: i64,

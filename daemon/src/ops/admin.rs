@@ -37,6 +37,10 @@ pub fn info(rec: &KeyRecord) -> KeyInfo {
 pub async fn create(ctx: &mut Ctx, req: &Request) -> OpResult {
     let a: KeyCreateArgs = req.args()?;
     ctx.authorize(Some(&a.name))?;
+    if let Some(m) = &a.master {
+        // Wrapping under a master key is a use of that key.
+        ctx.authorize(Some(m))?;
+    }
     let spec = CreateSpec {
         kind: KeyKind::parse(&a.kind).ok_or_else(|| {
             OpError::bad(format!(
@@ -73,7 +77,16 @@ pub async fn create(ctx: &mut Ctx, req: &Request) -> OpResult {
 pub async fn list(ctx: &mut Ctx, req: &Request) -> OpResult {
     let _: KeyListArgs = req.args()?;
     ctx.authorize(None)?;
-    let keys = ctx.app.keys.list().iter().map(|r| info(r)).collect();
+    // Only the keys the caller's roles cover for `keys.list`.
+    let policy = ctx.app.policy();
+    let keys = ctx
+        .app
+        .keys
+        .list()
+        .iter()
+        .filter(|r| policy.check(&ctx.peer, ctx.op, Some(&r.name)).is_ok())
+        .map(|r| info(r))
+        .collect();
     encode(&KeyListResult { keys })
 }
 

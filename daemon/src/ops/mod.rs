@@ -87,13 +87,27 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
     let op = names::ALL.iter().copied().find(|n| *n == req.op);
     let Some(op) = op else {
         app.stats.count(&req.op, false);
-        let shown: String = req.op.chars().take(64).collect();
+        let shown: String = req
+            .op
+            .chars()
+            .take(64)
+            .collect::<String>()
+            .escape_default()
+            .to_string();
+        let policy = app.policy();
+        let roles = policy.roles_of(peer);
+        app.audit.write(&Record::new(
+            peer,
+            roles.first().copied(),
+            &shown,
+            None,
+            None,
+            ErrorCode::UnknownOp.as_str(),
+            start.elapsed(),
+        ));
         return Response::err(
             req.id,
-            WireError::new(
-                ErrorCode::UnknownOp,
-                format!("unknown op `{}`", shown.escape_default()),
-            ),
+            WireError::new(ErrorCode::UnknownOp, format!("unknown op `{shown}`")),
         );
     };
     let mut ctx = Ctx {

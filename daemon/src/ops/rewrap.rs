@@ -14,15 +14,14 @@ use crate::format::envelope;
 /// `rewrap`. Needs `rewrap` permission on the source key and on a named target key.
 pub async fn rewrap(ctx: &mut Ctx, req: &Request) -> OpResult {
     let a: RewrapArgs = req.args()?;
+    if a.to_key.is_some() == a.to_public_key.is_some() {
+        return Err(OpError::bad(
+            "give exactly one of `to_key` and `to_public_key`",
+        ));
+    }
     ctx.authorize(Some(&a.key))?;
-    match (&a.to_key, &a.to_public_key) {
-        (Some(t), None) => ctx.authorize(Some(t))?,
-        (None, Some(_)) => {}
-        _ => {
-            return Err(OpError::bad(
-                "give exactly one of `to_key` and `to_public_key`",
-            ))
-        }
+    if let Some(t) = &a.to_key {
+        ctx.authorize(Some(t))?;
     }
     let key = a.key.clone();
     let (version, result) = ctx

@@ -147,6 +147,9 @@ fn hello(req: &Request, limits: &Limits) -> Response {
         Ok(a) => a,
         Err(e) => return Response::err(req.id, e),
     };
+    if let Some(c) = &args.client {
+        tracing::debug!(client = %c.escape_default(), version = args.version, "hello");
+    }
     if args.version != PROTOCOL_VERSION {
         return Response::err(
             req.id,
