@@ -14,7 +14,7 @@
 //!
 //! ```no_run
 //! use custody_e2e::DaemonBuilder;
-//! let d = DaemonBuilder::new().server(&["max_connections = 8"]).start();
+//! let mut d = DaemonBuilder::new().server(&["max_connections = 8"]).start();
 //! let out = d.cli(&["ping"]);
 //! assert!(out.status.success());
 //! assert_eq!(d.terminate().code(), Some(0));
