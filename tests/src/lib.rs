@@ -584,6 +584,17 @@ impl Daemon {
         c
     }
 
+    /// Sets (or replaces) an environment variable for the next start of the daemon.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Removes an environment variable for the next start of the daemon.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
     /// Starts the process (stderr appended to [`Daemon::stderr`]'s file), without waiting.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "daemon already running");
