@@ -6,12 +6,51 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 
 static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+
+/// Sessions counted by every pool of the process (open, idle, or being opened).
+static LIVE_SESSIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Records `n` more sessions counted by a pool.
+pub(crate) fn sessions_added(n: usize) {
+    LIVE_SESSIONS.fetch_add(n, Ordering::SeqCst);
+}
+
+/// Records `n` fewer sessions counted by a pool.
+pub(crate) fn sessions_removed(n: usize) {
+    let _ = LIVE_SESSIONS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+        Some(v.saturating_sub(n))
+    });
+}
+
+/// Re-initialises the module (`C_Finalize` then `C_Initialize`) so that it re-reads its tokens —
+/// SoftHSM notices a token that was removed and came back only this way. Allowed only when the
+/// caller's own session-being-opened is the only one in the process, because finalising
+/// invalidates every session and object handle; returns false (doing nothing) otherwise.
+pub(crate) fn reinitialize(module: &Path) -> Result<bool, Error> {
+    let map = CONTEXTS.get_or_init(|| Mutex::new(HashMap::new()));
+    let contexts = map.lock().unwrap_or_else(PoisonError::into_inner);
+    if LIVE_SESSIONS.load(Ordering::SeqCst) > 1 {
+        return Ok(false);
+    }
+    let Some(ctx) = contexts.get(module) else {
+        return Ok(false);
+    };
+    match ctx.clone().finalize() {
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiNotInitialized, _)) => {}
+        Err(e) => return Err(e),
+    }
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
 
 /// Returns the process-wide, initialised context for `module`, loading and initialising it on
 /// first use. A failed load is not cached, so a module that appears later is picked up.

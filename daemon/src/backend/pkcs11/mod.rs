@@ -1,7 +1,10 @@
 //! PKCS#11 backend (SoftHSM 2, hardware HSMs) through `cryptoki`.
 //!
 //! - One `C_Initialize` per module per process ([`shared_context`]); the token's slot is found by
-//!   label and looked up again after the token went away.
+//!   label and looked up again after the token went away. When it cannot be found and no other
+//!   session is open in the process, the module is re-initialised (at most once a second) so a
+//!   token that came back is seen without restarting the daemon (SoftHSM re-reads its tokens only
+//!   at `C_Initialize`); cached object handles are dropped then.
 //! - A bounded pool of logged-in R/W sessions (`max_sessions`); a session the token broke is
 //!   discarded and the operation retried once on a fresh session.
 //! - Object handles cached per key reference; a stale handle is looked up again once.
@@ -89,6 +92,8 @@ pub struct Pkcs11Backend {
     keys: HandleCache,
     caps: OnceLock<Capabilities>,
     oaep_mode: OaepMode,
+    /// Pool re-initialisations already accounted for (handle cache cleared).
+    seen_reinits: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Pkcs11Backend {
@@ -123,6 +128,7 @@ impl Pkcs11Backend {
                 cfg.op_timeout,
             ),
             keys: HandleCache::default(),
+            seen_reinits: std::sync::atomic::AtomicU64::new(0),
             caps: OnceLock::new(),
             oaep_mode: cfg.oaep,
         };
@@ -304,6 +310,15 @@ impl Pkcs11Backend {
         let mut retried = false;
         loop {
             let session = self.pool.acquire()?;
+            // A module re-initialisation invalidated every cached object handle.
+            let reinits = self.pool.reinits();
+            if self
+                .seen_reinits
+                .swap(reinits, std::sync::atomic::Ordering::SeqCst)
+                != reinits
+            {
+                self.keys.clear();
+            }
             let result = match op(&session) {
                 Err(e) if e.may_hide_dead_token() => Err(self.check_token(e)),
                 other => other,
@@ -400,6 +415,10 @@ impl Backend for Pkcs11Backend {
 
     fn health(&self) -> Health {
         let label = self.pool.token_label().to_owned();
+        if self.pool.slot().is_err() {
+            // Opening a session re-initialises the module if the token may have come back.
+            drop(self.pool.acquire());
+        }
         let stats = self.pool.stats();
         let probe = self.pool.slot().and_then(|(ctx, slot)| {
             ctx.get_token_info(slot).map(|i| (slot, i)).map_err(|e| {

@@ -17,7 +17,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
-use super::context::shared_context;
+use super::context::{reinitialize, sessions_added, sessions_removed, shared_context};
 use super::errors::{describe, is_token_gone_rv, rv};
 use crate::backend::BackendError;
 
@@ -36,6 +36,8 @@ pub struct PoolStats {
     pub opened_total: u64,
     /// Sessions discarded as broken since start.
     pub discarded_total: u64,
+    /// Times the module was re-initialised to find a token that had gone.
+    pub reinits: u64,
 }
 
 struct State {
@@ -46,7 +48,12 @@ struct State {
     generation: u64,
     opened_total: u64,
     discarded_total: u64,
+    reinits: u64,
+    last_reinit: Option<Instant>,
 }
+
+/// Shortest interval between two module re-initialisations.
+const REINIT_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) struct SessionPool {
     module: PathBuf,
@@ -85,6 +92,7 @@ impl PooledSession<'_> {
             st.open = st.open.saturating_sub(1);
             st.discarded_total += 1;
             drop(st);
+            sessions_removed(1);
             self.pool.freed.notify_one();
         }
     }
@@ -101,6 +109,7 @@ impl Drop for PooledSession<'_> {
                 st.open = st.open.saturating_sub(1);
                 drop(st);
                 drop(s);
+                sessions_removed(1);
             }
             self.pool.freed.notify_one();
         }
@@ -129,6 +138,8 @@ impl SessionPool {
                 generation: 0,
                 opened_total: 0,
                 discarded_total: 0,
+                reinits: 0,
+                last_reinit: None,
             }),
             freed: Condvar::new(),
         }
@@ -151,6 +162,7 @@ impl SessionPool {
             max: self.max,
             opened_total: st.opened_total,
             discarded_total: st.discarded_total,
+            reinits: st.reinits,
         }
     }
 
@@ -208,7 +220,9 @@ impl SessionPool {
             st.discarded_total += idle.len() as u64;
             idle
         };
+        let n = idle.len();
         drop(idle); // closes them, outside the lock
+        sessions_removed(n);
         self.freed.notify_all();
     }
 
@@ -230,6 +244,7 @@ impl SessionPool {
                 st.peak = st.peak.max(st.open);
                 let generation = st.generation;
                 drop(st);
+                sessions_added(1);
                 return match self.open_session() {
                     Ok(s) => {
                         self.lock().opened_total += 1;
@@ -243,6 +258,7 @@ impl SessionPool {
                         let mut st = self.lock();
                         st.open = st.open.saturating_sub(1);
                         drop(st);
+                        sessions_removed(1);
                         self.freed.notify_one();
                         Err(e)
                     }
@@ -264,7 +280,58 @@ impl SessionPool {
         }
     }
 
+    /// Opens and logs in a session; when the token cannot be found, re-initialises the module
+    /// once (see [`reinitialize`]) and tries again, so a token that came back is picked up.
     fn open_session(&self) -> Result<Session, BackendError> {
+        let first = self.try_open_session();
+        let Err(e) = first else { return first };
+        let token_missing = self.lock().slot.is_none();
+        if token_missing && self.reinitialize() {
+            tracing::debug!("pkcs11: retrying after re-initialisation: {e}");
+            return self.try_open_session();
+        }
+        Err(e)
+    }
+
+    /// Re-initialises the module when this pool's caller is the only session user in the
+    /// process and the last attempt is at least [`REINIT_INTERVAL`] old. Returns true if done.
+    fn reinitialize(&self) -> bool {
+        let mut st = self.lock();
+        if st.open != 1 || !st.idle.is_empty() {
+            return false;
+        }
+        if st
+            .last_reinit
+            .is_some_and(|t| t.elapsed() < REINIT_INTERVAL)
+        {
+            return false;
+        }
+        st.last_reinit = Some(Instant::now());
+        match reinitialize(&self.module) {
+            Ok(true) => {
+                st.reinits += 1;
+                st.generation += 1;
+                st.slot = None;
+                tracing::info!(
+                    token = %self.token_label,
+                    "pkcs11 module re-initialised to look for the token again"
+                );
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!("pkcs11 module re-initialisation failed: {}", describe(&e));
+                false
+            }
+        }
+    }
+
+    /// The number of module re-initialisations so far (object handles from before are stale).
+    pub(crate) fn reinits(&self) -> u64 {
+        self.lock().reinits
+    }
+
+    fn try_open_session(&self) -> Result<Session, BackendError> {
         let (ctx, slot) = self.slot()?;
         let session = match ctx.open_rw_session(slot) {
             Ok(s) => s,
