@@ -1,0 +1,168 @@
+//! The key registry (SQLite) with a real SoftHSM token behind it: versions, states and public
+//! keys survive reopening; the `wrapped` backend stores software keys encrypted under an HSM
+//! master key and unwraps them with the master version they were wrapped under.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custody_daemon::backend::pkcs11::{OaepMode, Pkcs11Backend, Pkcs11Config};
+use custody_daemon::backend::{Backend, BackendKind, KeyKind, Template};
+use custody_daemon::config::KeyPolicy;
+use custody_daemon::keys::{CreateSpec, KeyManager, VersionState};
+use custody_proto::ErrorCode;
+use secrecy::SecretString;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+fn spec(name: &str, kind: KeyKind, backend: BackendKind, master: Option<&str>) -> CreateSpec {
+    CreateSpec {
+        name: name.into(),
+        kind,
+        backend,
+        template: Template::Default,
+        master: master.map(str::to_owned),
+        validity_days: None,
+        pre_expire_days: None,
+    }
+}
+
+#[test]
+fn registry_versions_and_wrapped_keys_on_softhsm() {
+    assert!(
+        Path::new(MODULE).exists(),
+        "SoftHSM missing: install softhsm2"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hsm-config/init-token");
+    let out = Command::new(&script)
+        .arg(dir.path())
+        .output()
+        .expect("init-token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::env::set_var("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"));
+    let pin = std::fs::read_to_string(dir.path().join("user.pin")).expect("pin");
+    let backend: Arc<dyn Backend> = Arc::new(
+        Pkcs11Backend::start(Pkcs11Config {
+            module: PathBuf::from(MODULE),
+            token_label: "custody".into(),
+            pin: SecretString::from(pin),
+            max_sessions: 4,
+            op_timeout: Duration::from_secs(30),
+            oaep: OaepMode::Auto,
+        })
+        .expect("backend"),
+    );
+    let db = dir.path().join("registry.db");
+    let open = || KeyManager::open(&db, vec![backend.clone()], KeyPolicy::default()).expect("open");
+
+    let km = open();
+    km.create(&spec("master", KeyKind::Aes256, BackendKind::Pkcs11, None))
+        .expect("master");
+    let w = km
+        .create(&spec(
+            "pool-key",
+            KeyKind::Aes256,
+            BackendKind::Wrapped,
+            Some("master"),
+        ))
+        .expect("wrapped key");
+    let v1 = w.current().expect("v1").clone();
+    assert!(
+        v1.wrapped.as_ref().is_some_and(|b| b.len() == 12 + 32 + 16),
+        "iv ‖ ct ‖ tag"
+    );
+    let secret = km.software_secret(&w, &v1).expect("unwrap");
+    assert_eq!(secret.len(), 32);
+    // A wrapped key needs a master that exists and is a hardware aes256 key.
+    let e = km
+        .create(&spec(
+            "bad",
+            KeyKind::Aes256,
+            BackendKind::Wrapped,
+            Some("nope"),
+        ))
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+    let e = km
+        .create(&spec(
+            "bad2",
+            KeyKind::Aes256,
+            BackendKind::Wrapped,
+            Some("pool-key"),
+        ))
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::WrongKind);
+
+    // Rotate the master: the wrapped key still unwraps (it records master v1), new wrapped keys use v2.
+    km.rotate("master").expect("rotate master");
+    assert_eq!(
+        *km.software_secret(&w, &v1)
+            .expect("unwrap after master rotation"),
+        *secret
+    );
+    let w2 = km
+        .create(&spec(
+            "pool-key-2",
+            KeyKind::Aes256,
+            BackendKind::Wrapped,
+            Some("master"),
+        ))
+        .expect("second wrapped key");
+    assert_eq!(w2.current().expect("v1").backend_ref, "master:v2");
+
+    let signer = km
+        .create(&spec(
+            "signer",
+            KeyKind::Rsa2048Sign,
+            BackendKind::Pkcs11,
+            None,
+        ))
+        .expect("signer");
+    km.rotate("signer").expect("rotate");
+    km.rotate("signer").expect("rotate again");
+    km.retire("signer", 1).expect("retire v1");
+    km.destroy("signer", 2).expect("destroy v2");
+    assert_eq!(
+        km.retire("signer", 3).unwrap_err().code,
+        ErrorCode::BadRequest,
+        "current"
+    );
+    let before = km.get("signer").expect("signer");
+    drop(km);
+
+    // Reopen: everything as it was, and the wrapped secret is still the same.
+    let km = open();
+    let after = km.get("signer").expect("signer after reopen");
+    let states: Vec<_> = after.versions.iter().map(|v| v.state).collect();
+    assert_eq!(
+        states,
+        [
+            VersionState::Retired,
+            VersionState::Destroyed,
+            VersionState::Active
+        ]
+    );
+    for (a, b) in before.versions.iter().zip(&after.versions) {
+        assert_eq!(a.public_der, b.public_der);
+        assert_eq!(a.thumbprint, b.thumbprint);
+        assert_eq!(a.backend_ref, b.backend_ref);
+    }
+    assert_eq!(signer.versions[0].public_der, after.versions[0].public_der);
+    let w = km.get("pool-key").expect("wrapped after reopen");
+    let v1 = w.current().expect("v1").clone();
+    assert_eq!(
+        *km.software_secret(&w, &v1).expect("unwrap after reopen"),
+        *secret
+    );
+    assert_eq!(km.list().len(), 4);
+    // The registry file is owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&db).expect("db").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
