@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 DEV ?= $(CURDIR)/target/dev
-APT_PACKAGES := swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc pkg-config openssl util-linux faketime
+APT_PACKAGES := swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc pkg-config openssl util-linux faketime systemd
 
 .PHONY: deps build test lint demo dev dev-stop bench clean-dev
 
