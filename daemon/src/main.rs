@@ -17,7 +17,7 @@ use custody_daemon::{config::Config, server, setup};
 #[derive(Parser, Debug)]
 #[command(name = "custodyd", version)]
 struct Args {
-    /// Configuration file (TOML). See hsm-config/custodyd.example.toml.
+    /// Configuration file (TOML); examples in hsm-config/custodyd.softhsm.toml and custodyd.hardware.toml.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: PathBuf,
     /// Check the configuration file and exit (0 if valid).
