@@ -657,7 +657,7 @@ fn tpmt_public_fields_and_key_index_of_mosip_keys() {
         assert_eq!(lib.key_index, key_index(&bytes), "{name}: key index");
         assert_eq!(lib.thumbprint, sha256(&public(&c, name, "der").data));
     }
-    // A default-template key has a TPMT too; an unknown format is bad_request.
+    // An unknown format is bad_request.
     let e = c
         .call::<_, PublicKeyResult>(
             names::KEYS_PUBLIC,
@@ -699,22 +699,60 @@ fn python_tpmt(port: u16, which: &str) -> Vec<u8> {
 #[test]
 fn mosip_templates_match_independent_raw_create_primary() {
     let mut d = tpm_daemon();
+    let dir = d.dir().to_path_buf();
     let sign = cli_public(&d, "machine-sign", "tpmt", "sign.tpmt");
     let enc = cli_public(&d, "machine-encrypt", "tpmt", "enc.tpmt");
+    cli_public(&d, "machine-sign", "pem", "sign.pem");
+    cli_public(&d, "machine-encrypt", "pem", "enc.pem");
     let port = swtpm_port(&mut d);
-
-    // The daemon keeps its TPM connection (and its two cached primaries) while it runs; swtpm
-    // serves one client connection at a time, so the script runs while the daemon is stopped.
-    assert_eq!(d.terminate().code(), Some(0));
-    for (which, ours) in [("sign", &sign), ("encrypt", &enc)] {
+    std::fs::write(dir.join("data"), b"interop").unwrap();
+    std::fs::write(dir.join("pt"), b"interop secret").unwrap();
+    openssl_encrypt(&dir, "enc.pem", "pt", "ct", Some("00"));
+    let use_both_keys = |d: &Daemon, what: &str| {
+        let out = d.cli(&[
+            "sign",
+            "machine-sign",
+            "--in",
+            path_str(&dir.join("data")),
+            "--out",
+            path_str(&dir.join("sig")),
+        ]);
+        assert!(out.status.success(), "sign {what}: {}", stderr(&out));
+        openssl_verify(&dir, "sign.pem", "sig", "data", &[]);
+        let out = d.cli(&[
+            "decrypt",
+            "machine-encrypt",
+            "--mosip-label",
+            "--in",
+            path_str(&dir.join("ct")),
+        ]);
+        assert!(out.status.success(), "decrypt {what}: {}", stderr(&out));
+        assert_eq!(out.stdout, b"interop secret");
+    };
+    let compare = |which: &str, ours: &[u8], when: &str| {
         let py = python_tpmt(port, which);
         assert_eq!(
             hex::encode(&py),
             hex::encode(ours),
-            "{which}: the daemon's TPMT_PUBLIC differs from a raw CreatePrimary with MOSIP's template"
+            "{which} ({when}): the daemon's TPMT_PUBLIC differs from a raw CreatePrimary \
+             with MOSIP's template"
         );
+    };
+
+    // (a) While the daemon runs, idle, with both MOSIP primaries cached (2 of swtpm's 3 transient
+    // slots): the script's primary takes the last slot and is flushed; the daemon keeps working.
+    use_both_keys(&d, "before the script");
+    for (which, ours) in [("sign", &sign), ("encrypt", &enc)] {
+        compare(which, ours, "daemon running");
+        use_both_keys(&d, "after the script");
     }
-    // The script's template bytes are the daemon's public area without the unique field.
+
+    // (b) With the daemon stopped (its primaries flushed): the same bytes.
+    assert_eq!(d.terminate().code(), Some(0));
+    for (which, ours) in [("sign", &sign), ("encrypt", &enc)] {
+        compare(which, ours, "daemon stopped");
+    }
+    // The script's template equals the daemon's public area up to the unique field.
     let out = Command::new("python3")
         .arg(workspace_root().join(PY_PRIMARY))
         .args(["0", "sign", "--template"])
@@ -723,25 +761,11 @@ fn mosip_templates_match_independent_raw_create_primary() {
     let template = hex::decode(stdout(&out).trim()).unwrap();
     assert_eq!(&sign[..template.len() - 2], &template[..template.len() - 2]);
 
-    // The daemon comes back with the same keys and still signs.
+    // The daemon comes back with the same keys and still signs and decrypts.
     d.restart();
     assert_eq!(cli_public(&d, "machine-sign", "tpmt", "sign2.tpmt"), sign);
     assert_eq!(cli_public(&d, "machine-encrypt", "tpmt", "enc2.tpmt"), enc);
-    cli_public(&d, "machine-sign", "pem", "pub.pem");
-    std::fs::write(file(&d, "data"), b"after interop").unwrap();
-    let dir = d.dir().to_path_buf();
-    cli_ok(
-        &d,
-        &[
-            "sign",
-            "machine-sign",
-            "--in",
-            path_str(&dir.join("data")),
-            "--out",
-            path_str(&dir.join("sig")),
-        ],
-    );
-    openssl_verify(&dir, "pub.pem", "sig", "data", &[]);
+    use_both_keys(&d, "after restart");
     assert_eq!(d.terminate().code(), Some(0));
 }
 
