@@ -1242,3 +1242,76 @@ fn sigterm_drains_an_in_flight_tpm_batch() {
     let st = d.wait_exit(30 * SEC);
     assert_eq!(st.code(), Some(0), "{}", d.stderr());
 }
+
+/// MOSIP-template keys are the machine's identity for the TPM's lifetime: a rotation would derive
+/// the same key again, so it is refused, and they never expire (checked 4 years ahead with
+/// libfaketime on the daemon process), while a default-template TPM key does expire.
+#[test]
+fn mosip_keys_cannot_rotate_and_do_not_expire() {
+    let mut d = tpm_builder()
+        .extra("[keys.defaults]\nvalidity_days = 1095\npre_expire_days = 60\n")
+        .start();
+    cli_err(&d, &["keys", "rotate", "machine-sign"], 10, "bad_request");
+    cli_ok(
+        &d,
+        &[
+            "keys",
+            "create",
+            "plain-sign",
+            "--kind",
+            "rsa2048-sign",
+            "--backend",
+            "tpm",
+        ],
+    );
+    let show = cli_ok(&d, &["--json", "keys", "show", "machine-sign"]);
+    let v: Json = serde_json::from_slice(&show.stdout).expect("json");
+    assert_eq!(v["versions"].as_array().map(Vec::len), Some(1));
+
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(Path::new(lib).exists(), "{lib} missing: run `make deps`");
+    d.set_env("LD_PRELOAD", lib);
+    d.set_env("FAKETIME", "+1200d");
+    d.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    d.restart();
+    let data = file(&d, "data");
+    std::fs::write(&data, b"packet four years later").expect("write");
+    let sig = file(&d, "sig");
+    let pem = file(&d, "machine-sign.pem");
+    cli_ok(
+        &d,
+        &[
+            "sign",
+            "machine-sign",
+            "--in",
+            path_str(&data),
+            "--out",
+            path_str(&sig),
+        ],
+    );
+    cli_ok(
+        &d,
+        &["keys", "public", "machine-sign", "--out", path_str(&pem)],
+    );
+    openssl_verify(
+        d.dir(),
+        path_str(&pem),
+        path_str(&sig),
+        path_str(&data),
+        &[],
+    );
+    cli_err(
+        &d,
+        &[
+            "sign",
+            "plain-sign",
+            "--in",
+            path_str(&data),
+            "--out",
+            path_str(&sig),
+        ],
+        16,
+        "key_expired",
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+}

@@ -114,9 +114,12 @@ impl KeyRecord {
         self.versions.iter().find(|v| v.version == n)
     }
 
-    /// True when `v` is past its usable period: now ≥ not_after − pre_expire.
+    /// True when `v` is past its usable period: now ≥ not_after − pre_expire. MOSIP-template
+    /// TPM keys never expire: they are the machine's identity for the TPM's lifetime (the same
+    /// TPM always yields the same key), so no new version could replace them.
     pub fn expired(&self, v: &VersionRecord, now: i64) -> bool {
-        now < v.created || now >= v.not_after - i64::from(self.pre_expire_days) * 86_400
+        self.template != Template::Mosip
+            && (now < v.created || now >= v.not_after - i64::from(self.pre_expire_days) * 86_400)
     }
 }
 
@@ -349,6 +352,12 @@ impl KeyManager {
     pub fn rotate(&self, name: &str) -> Result<Arc<KeyRecord>, OpError> {
         let mut store = self.lock_store();
         let mut rec = (*self.get(name)?).clone();
+        if rec.template == Template::Mosip {
+            return Err(OpError::bad(format!(
+                "`{name}` uses the mosip template: the TPM always derives the same key from it, \
+                 so it cannot be rotated"
+            )));
+        }
         let next = rec.versions.last().map(|v| v.version + 1).unwrap_or(1);
         let v = self.new_version(&rec, next)?;
         if let Err(e) = store.rotate(name, &v) {
