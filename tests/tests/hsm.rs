@@ -1450,19 +1450,27 @@ fn expiry_policy_validity_and_key_expired() {
             std::thread::spawn(move || run_with_timeout(&mut c, Duration::from_secs(30)))
         })
         .collect();
+    let mut versions = Vec::new();
     for h in handles {
         let o = h.join().unwrap();
         assert!(o.status.success(), "{o:?}");
         let j: Json = serde_json::from_str(&stdout(&o)).unwrap();
-        assert_eq!(j["version"], 2, "{j}");
+        versions.push(j["version"].as_u64().unwrap());
     }
     let k = show(&d, "short-enc");
-    assert_eq!(states(&k), st(&[(1, "decrypt-only"), (2, "active")]));
+    // The pre-expiry envelope still opens with v1.
     let j = cli_json(&d, &["envelope", "open", "short-enc", "--in", p(&env)]);
     assert_eq!(j["version"], 1, "{j}");
-
     assert_no_pin(&d, &[]);
     assert_eq!(d.terminate().code(), Some(0));
+
+    // Last, because the daemon gets it wrong (see the report): one rotation for all six.
+    assert_eq!(versions, [2; 6], "versions used by 6 concurrent seals");
+    assert_eq!(
+        states(&k),
+        st(&[(1, "decrypt-only"), (2, "active")]),
+        "concurrent expired requests must rotate only once: {k}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1787,7 +1795,7 @@ fn restart_keeps_keys_versions_states_and_public_keys() {
 // 10. token problems
 
 #[test]
-fn wrong_token_label_and_wrong_pin_give_backend_unavailable_without_leaking_the_pin() {
+fn wrong_token_label_gives_backend_unavailable_and_daemon_stays_up() {
     let mut d = DaemonBuilder::new()
         .with_hsm()
         .env("CUSTODYD_LOG", "debug")
@@ -1837,6 +1845,28 @@ fn wrong_token_label_and_wrong_pin_give_backend_unavailable_without_leaking_the_
     cli_ok(&d, &["ping"]);
     d.assert_running();
 
+    // The right label again: the key is usable (nothing was lost).
+    assert_eq!(d.terminate().code(), Some(0));
+    d.write_raw_config(&good_config);
+    d.restart();
+    cli_ok(&d, &["sign", "tp", "--in", p(&data)]);
+    assert_eq!(status_backend(&d, "pkcs11")["ok"], true);
+    assert_no_pin(&d, &[]);
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[test]
+fn wrong_pin_gives_backend_unavailable_and_never_leaks_the_pin() {
+    let mut d = DaemonBuilder::new()
+        .with_hsm()
+        .env("CUSTODYD_LOG", "debug")
+        .start();
+    let pin = d.hsm().unwrap().pin();
+    create(&d, "tp", "rsa2048-sign");
+    let data = write(&d, "data", b"token problems");
+    cli_ok(&d, &["sign", "tp", "--in", p(&data)]);
+    let good_config = d.config_text();
+
     // (b) A wrong PIN: backend_unavailable, and no message contains either PIN.
     assert_eq!(d.terminate().code(), Some(0));
     let wrong_pin = "b4d00b4d00b4d00b4d00b4d0";
@@ -1862,9 +1892,21 @@ fn wrong_token_label_and_wrong_pin_give_backend_unavailable_without_leaking_the_
         assert!(!text.contains(wrong_pin) && !text.contains(&pin), "{text}");
     }
     let b = status_backend(&d, "pkcs11");
-    assert_eq!(b["ok"], false, "{b}");
     let detail = b["detail"].as_str().unwrap();
     assert!(!detail.contains(wrong_pin) && !detail.contains(&pin), "{b}");
+    cli_err(
+        &d,
+        &[
+            "keys",
+            "create",
+            "new",
+            "--kind",
+            "rsa2048-oaep",
+            "--backend",
+            "pkcs11",
+        ],
+        ErrorCode::BackendUnavailable,
+    );
     d.assert_running();
     assert_no_pin(&d, &[wrong_pin]);
 
@@ -1879,6 +1921,13 @@ fn wrong_token_label_and_wrong_pin_give_backend_unavailable_without_leaking_the_
     assert!(!d.audit_lines().is_empty());
     assert_no_pin(&d, &[wrong_pin]);
     assert_eq!(d.terminate().code(), Some(0));
+
+    // Last, because the daemon gets it wrong (see the report): a token the daemon cannot log
+    // in to is not a healthy backend.
+    assert_eq!(
+        b["ok"], false,
+        "status must not report pkcs11 ok while every op fails to log in: {b}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
