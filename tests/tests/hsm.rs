@@ -1720,6 +1720,10 @@ fn load_64_clients_mixed_ops_with_four_sessions() {
     assert!(!err.contains("SessionCount"), "session count exceeded");
     let b = status_backend(&d, "pkcs11");
     assert_eq!(b["ok"], true, "{b}");
+    assert!(
+        b["detail"].as_str().unwrap().contains("/4 sessions open"),
+        "max_sessions = 4 in force: {b}"
+    );
     let s = cli_json(&d, &["status"]);
     assert!(
         s["ops"]["sign"]["ok"].as_u64().unwrap() >= (CLIENTS * OPS / 3) as u64,
