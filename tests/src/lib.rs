@@ -351,6 +351,7 @@ pub struct DaemonBuilder {
     hsm: bool,
     dir_mode: Option<u32>,
     socket_name: Option<String>,
+    pkcs11: Vec<String>,
 }
 
 impl DaemonBuilder {
@@ -409,6 +410,14 @@ impl DaemonBuilder {
         self
     }
 
+    /// Adds lines (`key = value`) to the `[pkcs11]` section written by
+    /// [`DaemonBuilder::with_hsm`] (e.g. `max_sessions = 4`, `oaep = "software"`). Do not repeat
+    /// `module`, `token_label` or `pin_file`, which the harness writes itself.
+    pub fn pkcs11(mut self, lines: &[&str]) -> Self {
+        self.pkcs11.extend(lines.iter().map(|s| s.to_string()));
+        self
+    }
+
     /// Writes the config and starts the daemon; panics (with the daemon's stderr) if it does not
     /// answer `hello` within [`READY_TIMEOUT`].
     pub fn start(self) -> Daemon {
@@ -455,6 +464,10 @@ impl DaemonBuilder {
         }
         if let Some(h) = &hsm {
             cfg.push_str(&h.config_section());
+            for l in &self.pkcs11 {
+                cfg.push_str(l);
+                cfg.push('\n');
+            }
             cfg.push('\n');
         }
         let mut env = self.env;
