@@ -344,14 +344,31 @@ impl KeyManager {
             self.discard(&rec, &rec.versions[0]);
             return Err(e.into());
         }
+        // Published before the store lock is released, so the next admin change sees it.
+        let rec = self.publish(rec);
         drop(store);
-        Ok(self.publish(rec))
+        Ok(rec)
     }
 
     /// Makes a new current version; previous active versions become decrypt-only.
     pub fn rotate(&self, name: &str) -> Result<Arc<KeyRecord>, OpError> {
+        self.rotate_if(name, |_| true)
+    }
+
+    /// Rotates under the registry lock if `still_needed` holds for the record as it is then
+    /// (used by automatic rotation so concurrent requests on an expired key rotate it once);
+    /// otherwise returns the record unchanged.
+    fn rotate_if(
+        &self,
+        name: &str,
+        still_needed: impl FnOnce(&KeyRecord) -> bool,
+    ) -> Result<Arc<KeyRecord>, OpError> {
         let mut store = self.lock_store();
-        let mut rec = (*self.get(name)?).clone();
+        let current = self.get(name)?;
+        if !still_needed(&current) {
+            return Ok(current);
+        }
+        let mut rec = (*current).clone();
         if rec.template == Template::Mosip {
             return Err(OpError::bad(format!(
                 "`{name}` uses the mosip template: the TPM always derives the same key from it, \
@@ -370,9 +387,10 @@ impl KeyManager {
             }
         }
         rec.versions.push(v);
+        let rec = self.publish(rec);
         drop(store);
         tracing::info!(key = %name, version = next, "rotated");
-        Ok(self.publish(rec))
+        Ok(rec)
     }
 
     /// Retires a non-current version: every operation with it is refused from now on.
@@ -425,9 +443,10 @@ impl KeyManager {
         if to == VersionState::Destroyed {
             rec.versions[idx].wrapped = None;
         }
+        let rec = self.publish(rec);
         drop(store);
         tracing::info!(key = %name, version, state = to.as_str(), "version state changed");
-        Ok(self.publish(rec))
+        Ok(rec)
     }
 
     /// True when another live version refers to the same backend object (MOSIP-template TPM
@@ -566,15 +585,18 @@ impl KeyManager {
             ));
         }
         let old = cur.version;
-        // Another request may have rotated meanwhile: rotate only if still expired.
-        let rec = {
-            let again = self.get(name)?;
-            match again.current() {
-                Some(c) if c.version != old && !again.expired(c, now()) => again,
-                _ => self.rotate(name)?,
-            }
-        };
-        let v = rec.current().map(|c| c.version).unwrap_or(old);
+        // Concurrent requests may all see the expired version: only the first rotates.
+        let rec = self.rotate_if(name, |r| {
+            r.current()
+                .is_none_or(|c| c.version == old || r.expired(c, now()))
+        })?;
+        let cur = rec.current().ok_or_else(|| {
+            OpError::new(
+                ErrorCode::KeyRetired,
+                format!("key `{name}` has no active version"),
+            )
+        })?;
+        let v = cur.version;
         Ok((rec, v))
     }
 }

@@ -429,6 +429,11 @@ impl Backend for Pkcs11Backend {
                 BackendError::Unavailable(describe(&e))
             })
         });
+        let probe = probe.and_then(|found| match self.pool.login_error() {
+            // The token is there but sessions cannot log in (wrong PIN, locked PIN…).
+            Some(e) => Err(BackendError::Unavailable(e)),
+            None => Ok(found),
+        });
         match probe {
             Ok((slot, info)) => Health {
                 ok: true,

@@ -50,6 +50,8 @@ struct State {
     discarded_total: u64,
     reinits: u64,
     last_reinit: Option<Instant>,
+    /// Why the last login failed, until a login succeeds (the PIN itself is never kept here).
+    login_error: Option<String>,
 }
 
 /// Shortest interval between two module re-initialisations.
@@ -140,6 +142,7 @@ impl SessionPool {
                 discarded_total: 0,
                 reinits: 0,
                 last_reinit: None,
+                login_error: None,
             }),
             freed: Condvar::new(),
         }
@@ -326,6 +329,11 @@ impl SessionPool {
         }
     }
 
+    /// Why the last login attempt failed, if no login has succeeded since.
+    pub(crate) fn login_error(&self) -> Option<String> {
+        self.lock().login_error.clone()
+    }
+
     /// The number of module re-initialisations so far (object handles from before are stale).
     pub(crate) fn reinits(&self) -> u64 {
         self.lock().reinits
@@ -347,12 +355,19 @@ impl SessionPool {
             }
         };
         match session.login(UserType::User, Some(&self.pin)) {
-            Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-            Err(e) => Err(BackendError::Unavailable(format!(
-                "login to token {:?} failed: {}",
-                self.token_label,
-                describe(&e)
-            ))),
+            Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                self.lock().login_error = None;
+                Ok(session)
+            }
+            Err(e) => {
+                let msg = format!(
+                    "login to token {:?} failed: {}",
+                    self.token_label,
+                    describe(&e)
+                );
+                self.lock().login_error = Some(msg.clone());
+                Err(BackendError::Unavailable(msg))
+            }
         }
     }
 }
