@@ -1,10 +1,10 @@
 //! `decrypt` and `unwrap`: RSA-OAEP-SHA256 with a version of an `rsa2048-oaep` key.
 
-use custody_proto::ops::{DecryptArgs, PlaintextResult, UnwrapArgs};
+use custody_proto::ops::{DecryptArgs, UnwrapArgs};
 use custody_proto::Request;
 
 use super::keyuse::{decrypt_version, oaep_decrypt};
-use super::{encode, Ctx, OpResult};
+use super::{plaintext_result, Ctx, OpResult};
 use crate::error::OpError;
 
 /// `decrypt`: version by number or current; label as given (default empty).
@@ -21,12 +21,7 @@ pub async fn decrypt(ctx: &mut Ctx, req: &Request) -> OpResult {
             Ok((v.version, pt))
         })
         .await?;
-    ctx.version = Some(version);
-    encode(&PlaintextResult {
-        key: a.key,
-        version,
-        plaintext: plaintext.to_vec(),
-    })
+    plaintext_result(ctx, a.key, version, &plaintext)
 }
 
 /// Splits `thumbprint(32) ‖ wrapped(256)` or returns a bare 256-byte wrapped key.
@@ -56,10 +51,5 @@ pub async fn unwrap(ctx: &mut Ctx, req: &Request) -> OpResult {
             Ok((v.version, pt))
         })
         .await?;
-    ctx.version = Some(version);
-    encode(&PlaintextResult {
-        key: a.key,
-        version,
-        plaintext: plaintext.to_vec(),
-    })
+    plaintext_result(ctx, a.key, version, &plaintext)
 }

@@ -1,10 +1,10 @@
 //! `envelope.seal` and `envelope.open`: MOSIP's `VER_R2` hybrid envelope, byte-exact.
 
-use custody_proto::ops::{OpenArgs, PlaintextResult, SealArgs, SealResult};
+use custody_proto::ops::{OpenArgs, SealArgs, SealResult};
 use custody_proto::Request;
 
 use super::keyuse::{decrypt_version, oaep_decrypt, Recipient};
-use super::{encode, Ctx, OpResult};
+use super::{encode, plaintext_result, Ctx, OpResult};
 use crate::error::OpError;
 use crate::format::envelope;
 
@@ -64,10 +64,5 @@ pub async fn open(ctx: &mut Ctx, req: &Request) -> OpResult {
             Ok((v.version, pt))
         })
         .await?;
-    ctx.version = Some(version);
-    encode(&PlaintextResult {
-        key: a.key,
-        version,
-        plaintext: plaintext.to_vec(),
-    })
+    plaintext_result(ctx, a.key, version, &plaintext)
 }

@@ -81,6 +81,17 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Value, OpError> {
 
 type OpResult = Result<Value, OpError>;
 
+/// The result of an op that returns a plaintext (`decrypt`, `unwrap`, `envelope.open`); records the
+/// version for the audit line.
+pub fn plaintext_result(ctx: &mut Ctx, key: String, version: u32, plaintext: &[u8]) -> OpResult {
+    ctx.version = Some(version);
+    encode(&custody_proto::ops::PlaintextResult {
+        key,
+        version,
+        plaintext: plaintext.to_vec(),
+    })
+}
+
 /// Runs one request: decode, authorize, execute, audit, count.
 pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
     let start = Instant::now();
