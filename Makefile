@@ -18,7 +18,12 @@ deps:
 	  $$sudo apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
-	@python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install --quiet cryptography
+	@python3 -c 'import cryptography' 2>/dev/null || \
+	  python3 -m pip install --quiet cryptography 2>/dev/null || \
+	  python3 -m pip install --quiet --break-system-packages cryptography 2>/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends python3-cryptography >/dev/null; }
+	@python3 -c 'import cryptography' || { echo "deps: python3 cannot import cryptography" >&2; exit 1; }
 
 ## build: the whole workspace (daemon, client, tests)
 build: deps
