@@ -13,7 +13,9 @@ use custody_daemon::{config::Config, server, setup};
 ///
 /// Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests and exit 0; SIGHUP re-reads
 /// the roles from the config file (a bad file is rejected and the old roles stay).
-/// Logging: `CUSTODYD_LOG` (e.g. `info`, `debug`), to stderr (the journal under systemd).
+/// Logging: `CUSTODYD_LOG` (default `info`; e.g. `debug`), to stderr (the journal under systemd).
+/// The TPM and PKCS#11 libraries' own messages are off by default: custodyd reports failures
+/// itself (`CUSTODYD_LOG=info,tss_esapi=debug` shows them).
 #[derive(Parser, Debug)]
 #[command(name = "custodyd", version)]
 struct Args {
@@ -30,7 +32,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CUSTODYD_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,cryptoki::mechanism=off")
+                tracing_subscriber::EnvFilter::new("info,cryptoki::mechanism=off,tss_esapi=off")
             }),
         )
         .with_writer(std::io::stderr)

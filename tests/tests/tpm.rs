@@ -1315,3 +1315,71 @@ fn mosip_keys_cannot_rotate_and_do_not_expire() {
     );
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// Destroying a default-template version frees its persistent handle; a key created next reuses
+/// the handle and must work at once (the TSS must not remember the evicted object).
+#[test]
+fn persistent_handle_reused_after_destroy_works() {
+    let mut d = tpm_builder().start();
+    let data = file(&d, "data");
+    std::fs::write(&data, b"reuse").expect("write");
+    let sig = file(&d, "sig");
+    for name in ["first", "second", "third"] {
+        cli_ok(
+            &d,
+            &[
+                "keys",
+                "create",
+                name,
+                "--kind",
+                "rsa2048-sign",
+                "--backend",
+                "tpm",
+            ],
+        );
+        cli_ok(
+            &d,
+            &[
+                "sign",
+                name,
+                "--in",
+                path_str(&data),
+                "--out",
+                path_str(&sig),
+            ],
+        );
+        cli_ok(&d, &["keys", "rotate", name]);
+        cli_ok(
+            &d,
+            &[
+                "sign",
+                name,
+                "--in",
+                path_str(&data),
+                "--out",
+                path_str(&sig),
+            ],
+        );
+        cli_ok(&d, &["keys", "destroy", name, "--version", "1"]);
+        let pem = file(&d, &format!("{name}.pem"));
+        cli_ok(&d, &["keys", "public", name, "--out", path_str(&pem)]);
+        openssl_verify(
+            d.dir(),
+            path_str(&pem),
+            path_str(&sig),
+            path_str(&data),
+            &[],
+        );
+    }
+    // Each destroy freed the handle the next create took: six keys were made, three remain.
+    let list = cli_ok(&d, &["--json", "keys", "list"]);
+    let v: Json = serde_json::from_slice(&list.stdout).expect("json");
+    let destroyed = v["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| k["versions"][0]["state"] == "destroyed")
+        .count();
+    assert!(destroyed >= 3, "{v}");
+    assert_eq!(d.terminate().code(), Some(0));
+}

@@ -338,9 +338,10 @@ impl Worker {
             KeyRef::Persistent(h) => {
                 let (obj, _) = self.open_persistent(h)?;
                 let res = self.evict_control(obj, h);
-                if res.is_err() {
-                    self.close(obj);
-                }
+                // Close the ESYS resource in every case: after a successful eviction ESYS still
+                // remembers this TPM handle with the old key's name, and a key later persisted at
+                // the same handle could not be opened ("name mismatch").
+                self.close(obj);
                 res
             }
         }
