@@ -8,6 +8,7 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod ops;
+pub mod shape;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{FrameError, DEFAULT_MAX_FRAME, HEADER_LEN};

@@ -32,13 +32,22 @@ struct RawRequest<'a> {
     args: &'a Value,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct RawResponse {
     id: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     ok: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     err: Option<WireError>,
+}
+
+#[derive(Serialize)]
+struct RawResponseRef<'a> {
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ok: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    err: Option<&'a WireError>,
 }
 
 /// Serialises any serde value to CBOR bytes.
@@ -84,33 +93,35 @@ impl Request {
     /// `bad_request` error saying what is wrong. The body must be exactly one CBOR map.
     pub fn decode(body: &[u8]) -> Result<Self, (u64, WireError)> {
         let bad = |id: u64, m: String| (id, WireError::new(ErrorCode::BadRequest, m));
-        let mut cursor = std::io::Cursor::new(body);
-        let value: Value = ciborium::from_reader(&mut cursor)
+        // Bounded before any value tree is built (see `shape`).
+        crate::shape::check(body).map_err(|e| bad(0, format!("request is not valid CBOR: {e}")))?;
+        let value: Value = ciborium::from_reader(body)
             .map_err(|e| bad(0, format!("request is not valid CBOR: {e}")))?;
-        if (cursor.position() as usize) != body.len() {
-            return Err(bad(0, "bytes follow the request's CBOR item".into()));
-        }
         let Value::Map(entries) = value else {
             return Err(bad(0, "request is not a CBOR map {id, op, args}".into()));
         };
-        let field = |name: &str| {
-            entries
-                .iter()
-                .find(|(k, _)| k.as_text() == Some(name))
-                .map(|(_, v)| v)
-        };
-        let id = field("id")
+        let (mut id, mut op, mut args) = (None, None, None);
+        for (k, v) in entries {
+            match k.as_text() {
+                Some("id") => id = Some(v),
+                Some("op") => op = Some(v),
+                Some("args") => args = Some(v),
+                _ => {}
+            }
+        }
+        let id = id
+            .as_ref()
             .and_then(|v| v.as_integer())
             .and_then(|i| u64::try_from(i).ok())
             .ok_or_else(|| bad(0, "request has no unsigned integer `id`".into()))?;
-        let op = match field("op") {
-            Some(Value::Text(t)) => t.clone(),
+        let op = match op {
+            Some(Value::Text(t)) => t,
             Some(_) => return Err(bad(id, "`op` must be a text string".into())),
             None => return Err(bad(id, "request has no text `op`".into())),
         };
-        let args = match field("args") {
+        let args = match args {
             None | Some(Value::Null) => Value::Map(Vec::new()),
-            Some(v @ Value::Map(_)) => v.clone(),
+            Some(v @ Value::Map(_)) => v,
             Some(_) => return Err(bad(id, "`args` must be a CBOR map".into())),
         };
         Ok(Request { id, op, args })
@@ -142,15 +153,15 @@ impl Response {
     /// Encodes the response body (without the frame header).
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         let raw = match &self.result {
-            Ok(v) => RawResponse {
+            Ok(v) => RawResponseRef {
                 id: self.id,
-                ok: Some(v.clone()),
+                ok: Some(v),
                 err: None,
             },
-            Err(e) => RawResponse {
+            Err(e) => RawResponseRef {
                 id: self.id,
                 ok: None,
-                err: Some(e.clone()),
+                err: Some(e),
             },
         };
         to_cbor(&raw)
