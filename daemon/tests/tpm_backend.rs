@@ -204,7 +204,7 @@ fn sign_with_both_templates_verifies_with_openssl() {
     let (mosip_ref, mosip_pub) = create(&b, KeyKind::Rsa2048Sign, Template::Mosip);
     assert_eq!(mosip_ref, "mosip:sign");
     let (def_ref, def_pub) = create(&b, KeyKind::Rsa2048Sign, Template::Default);
-    assert_eq!(def_ref, "persistent:0x81010100");
+    assert!(def_ref.starts_with("persistent:0x81010100:"), "{def_ref}");
 
     let data = b"registration packet to be signed";
     let digest = sha256(data);
@@ -436,8 +436,16 @@ fn public_keys_survive_backend_and_swtpm_restarts() {
             (*k, r, p)
         })
         .collect();
-    assert_eq!(keys[2].1, "persistent:0x81010100");
-    assert_eq!(keys[3].1, "persistent:0x81010101");
+    assert!(
+        keys[2].1.starts_with("persistent:0x81010100:"),
+        "{}",
+        keys[2].1
+    );
+    assert!(
+        keys[3].1.starts_with("persistent:0x81010101:"),
+        "{}",
+        keys[3].1
+    );
     drop(b);
 
     let check = |b: &TpmBackend, when: &str| {
@@ -490,8 +498,23 @@ fn public_keys_survive_backend_and_swtpm_restarts() {
         b.destroy(&keys[2].1),
         Err(BackendError::NotFound(_))
     ));
-    let (r, _) = create(&b, KeyKind::Rsa2048Sign, Template::Default);
-    assert_eq!(r, keys[2].1);
+    // The next key takes the freed handle. The old reference names the same handle but a
+    // different key: it must not reach the new key (no signature, no eviction).
+    let (r, new_pub) = create(&b, KeyKind::Rsa2048Sign, Template::Default);
+    assert!(r.starts_with("persistent:0x81010100:"), "{r}");
+    assert_ne!(r, keys[2].1);
+    assert!(matches!(
+        b.sign(&keys[2].1, &sha256(data), SignScheme::Pkcs1v15),
+        Err(BackendError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.destroy(&keys[2].1),
+        Err(BackendError::NotFound(_))
+    ));
+    let sig = b
+        .sign(&r, &sha256(data), SignScheme::Pkcs1v15)
+        .expect("new key signs");
+    assert!(openssl_verify(tmp.path(), &new_pub, data, &sig, None));
 }
 
 #[test]

@@ -3,7 +3,10 @@
 //! Reference formats:
 //! - `mosip:sign` / `mosip:encrypt`: the MOSIP registration client's endorsement-hierarchy
 //!   primaries, recreated from their templates (never persisted);
-//! - `persistent:0x81010100`: a default-template key persisted at that handle.
+//! - `persistent:0x81010100:<16 hex>`: a default-template key persisted at that handle; the
+//!   suffix is the first 8 bytes of SHA-256 over the key's marshalled `TPMT_PUBLIC`, checked
+//!   every time the handle is opened, so a reference can never reach another key that was later
+//!   persisted at a reused handle. (A reference without the suffix is accepted and not checked.)
 
 use rsa::{pkcs8::EncodePublicKey, BigUint, RsaPublicKey};
 use tss_esapi::{
@@ -40,8 +43,33 @@ impl MosipKey {
 pub enum KeyRef {
     /// A MOSIP template primary.
     Mosip(MosipKey),
-    /// A persisted default-template key at this TPM handle.
-    Persistent(u32),
+    /// A persisted default-template key at this TPM handle, with the fingerprint of its public
+    /// area when known.
+    Persistent(u32, Option<[u8; 8]>),
+}
+
+/// First 8 bytes of SHA-256 over a marshalled `TPMT_PUBLIC`.
+pub fn fingerprint(tpmt: &[u8]) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(tpmt);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    out
+}
+
+/// Checks that the object found at a persistent handle is the referenced key.
+pub fn check_fingerprint(key: KeyRef, public: &Public) -> Result<(), BackendError> {
+    if let KeyRef::Persistent(h, Some(expected)) = key {
+        let tpmt = public
+            .marshall()
+            .map_err(|e| BackendError::Internal(format!("marshalling TPMT_PUBLIC: {e}")))?;
+        if fingerprint(&tpmt) != expected {
+            return Err(BackendError::NotFound(format!(
+                "the object at persistent handle {h:#010x} is not this key (handle reused)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl KeyRef {
@@ -54,17 +82,27 @@ impl KeyRef {
             _ => {}
         }
         let bad = || BackendError::NotFound(format!("not a TPM key reference: {s:?}"));
-        let hex = s
+        let rest = s
             .strip_prefix("persistent:0x")
             .or_else(|| s.strip_prefix("persistent:0X"))
             .ok_or_else(bad)?;
+        let (hex, fp) = match rest.split_once(':') {
+            None => (rest, None),
+            Some((hex, fp)) => {
+                let bytes = hex::decode(fp).map_err(|_| bad())?;
+                (
+                    hex,
+                    Some(<[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| bad())?),
+                )
+            }
+        };
         let handle = u32::from_str_radix(hex, 16).map_err(|_| bad())?;
         if handle < persistent_base || handle - persistent_base >= PERSISTENT_RANGE {
             return Err(BackendError::NotFound(format!(
                 "persistent handle {handle:#010x} is outside this backend's range"
             )));
         }
-        Ok(KeyRef::Persistent(handle))
+        Ok(KeyRef::Persistent(handle, fp))
     }
 }
 
@@ -73,7 +111,10 @@ impl std::fmt::Display for KeyRef {
         match self {
             KeyRef::Mosip(MosipKey::Sign) => f.write_str("mosip:sign"),
             KeyRef::Mosip(MosipKey::Encrypt) => f.write_str("mosip:encrypt"),
-            KeyRef::Persistent(h) => write!(f, "persistent:{h:#010x}"),
+            KeyRef::Persistent(h, None) => write!(f, "persistent:{h:#010x}"),
+            KeyRef::Persistent(h, Some(fp)) => {
+                write!(f, "persistent:{h:#010x}:{}", hex::encode(fp))
+            }
         }
     }
 }
@@ -176,6 +217,10 @@ mod tests {
         assert!(KeyRef::parse("persistent:0x81010001", base).is_err());
         assert!(KeyRef::parse("persistent:0x81010200", base).is_err());
         assert!(KeyRef::parse("persistent:zz", base).is_err());
+        let with_fp = "persistent:0x81010100:0011223344556677";
+        assert_eq!(KeyRef::parse(with_fp, base).unwrap().to_string(), with_fp);
+        assert!(KeyRef::parse("persistent:0x81010100:0011", base).is_err());
+        assert!(KeyRef::parse("persistent:0x81010100:zz11223344556677", base).is_err());
         assert!(KeyRef::parse("mosip:other", base).is_err());
     }
 }

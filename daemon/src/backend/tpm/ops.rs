@@ -19,7 +19,9 @@ use zeroize::Zeroizing;
 
 use super::{
     error::{classify, describe, Class},
-    keys::{public_info, KeyRef, MosipKey, RsaFacts, PERSISTENT_RANGE},
+    keys::{
+        check_fingerprint, fingerprint, public_info, KeyRef, MosipKey, RsaFacts, PERSISTENT_RANGE,
+    },
     templates,
     worker::Worker,
 };
@@ -49,8 +51,12 @@ impl Worker {
                     persistent: false,
                 })
             }
-            KeyRef::Persistent(h) => {
+            KeyRef::Persistent(h, _) => {
                 let (obj, public) = self.open_persistent(h)?;
+                if let Err(e) = check_fingerprint(key, &public) {
+                    self.close(obj);
+                    return Err(e);
+                }
                 Ok(Opened {
                     handle: obj.into(),
                     public,
@@ -125,9 +131,11 @@ impl Worker {
             Template::Default => {
                 let template = child_template()?;
                 let (handle, public) = self.create_persistent(template, persistent_base)?;
+                let info = public_info(&public)?;
+                let fp = info.tpmt.as_deref().map(fingerprint);
                 Ok(CreatedKey {
-                    backend_ref: KeyRef::Persistent(handle).to_string(),
-                    public: Some(public_info(&public)?),
+                    backend_ref: KeyRef::Persistent(handle, fp).to_string(),
+                    public: Some(info),
                 })
             }
         }
@@ -335,8 +343,13 @@ impl Worker {
             KeyRef::Mosip(_) => Err(BackendError::Unsupported(format!(
                 "{key} is derived from the TPM's endorsement seed and cannot be destroyed"
             ))),
-            KeyRef::Persistent(h) => {
-                let (obj, _) = self.open_persistent(h)?;
+            KeyRef::Persistent(h, _) => {
+                let (obj, public) = self.open_persistent(h)?;
+                // Never evict another key that now lives at a reused handle.
+                if let Err(e) = check_fingerprint(key, &public) {
+                    self.close(obj);
+                    return Err(e);
+                }
                 let res = self.evict_control(obj, h);
                 // Close the ESYS resource in every case: after a successful eviction ESYS still
                 // remembers this TPM handle with the old key's name, and a key later persisted at
