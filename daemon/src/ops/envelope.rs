@@ -10,9 +10,11 @@ use crate::format::envelope;
 
 impl From<envelope::EnvelopeError> for OpError {
     fn from(e: envelope::EnvelopeError) -> Self {
-        use custody_proto::ErrorCode;
         match e {
-            envelope::EnvelopeError::Integrity => OpError::new(ErrorCode::Integrity, e.to_string()),
+            // After the key was unwrapped: indistinguishable from a failed unwrap.
+            envelope::EnvelopeError::Integrity | envelope::EnvelopeError::DataKeyLength { .. } => {
+                super::keyuse::decryption_failed(&e)
+            }
             envelope::EnvelopeError::Encrypt | envelope::EnvelopeError::Wrap => {
                 OpError::internal(e.to_string())
             }

@@ -10,7 +10,7 @@ use rsa::{Oaep, RsaPublicKey};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::backend::{KeyKind, SignScheme};
+use crate::backend::{BackendError, KeyKind, SignScheme};
 use crate::error::OpError;
 use crate::format::thumbprint::thumbprint;
 use crate::keys::{require_kind, usable, KeyRecord, VersionRecord};
@@ -18,6 +18,17 @@ use crate::state::App;
 
 /// Largest OAEP label accepted.
 pub const MAX_LABEL: usize = 1024;
+
+/// The one message for every failed decryption (bad padding, wrong label, wrong key, tampered
+/// envelope, a data key of the wrong length): callers must not be able to tell these apart, or
+/// the daemon becomes a padding oracle. Details go to the debug log only.
+pub const DECRYPTION_FAILED: &str = "decryption failed: wrong key, wrong label or tampered data";
+
+/// The error for a failed decryption; `detail` is logged at debug level, never returned.
+pub fn decryption_failed(detail: &dyn std::fmt::Display) -> OpError {
+    tracing::debug!("decryption failed: {detail}");
+    OpError::new(ErrorCode::Integrity, DECRYPTION_FAILED)
+}
 
 /// Parses a scheme name (`pkcs1v15` default, `pss`).
 pub fn scheme(s: Option<&str>) -> Result<SignScheme, OpError> {
@@ -93,10 +104,14 @@ pub fn oaep_decrypt(
     if label.len() > MAX_LABEL {
         return Err(OpError::bad("OAEP label is limited to 1024 bytes"));
     }
-    Ok(app
-        .keys
+    app.keys
         .backend(rec.backend)?
-        .decrypt_oaep(&v.backend_ref, ciphertext, label)?)
+        .decrypt_oaep(&v.backend_ref, ciphertext, label)
+        .map_err(|e| match e {
+            // Whatever the device says about a failed decryption, the caller hears one thing.
+            BackendError::Integrity(_) | BackendError::Internal(_) => decryption_failed(&e),
+            other => other.into(),
+        })
 }
 
 /// The recipient of a (re-)encryption: a named key's current version or an external key.
