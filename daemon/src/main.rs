@@ -66,7 +66,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(server::run(app)) {
+    let drain = std::time::Duration::from_secs(app.config.server.drain_timeout_secs);
+    let result = rt.block_on(server::run(app));
+    // Blocking work still running (a hung device call) must not keep the process alive.
+    rt.shutdown_timeout(drain);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("custodyd: {e}");

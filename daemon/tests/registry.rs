@@ -161,6 +161,32 @@ fn registry_versions_and_wrapped_keys_on_softhsm() {
         *secret
     );
     assert_eq!(km.list().len(), 4);
+
+    // Destroying a wrapped version removes its secret from the registry files for good.
+    let blob = km.get("pool-key-2").expect("pool-key-2").versions[0]
+        .wrapped
+        .clone()
+        .expect("wrapped blob");
+    let on_disk = |db: &Path| {
+        let mut all = std::fs::read(db).expect("db");
+        if let Ok(wal) = std::fs::read(db.with_extension("db-wal")) {
+            all.extend(wal);
+        }
+        all.windows(blob.len()).any(|w| w == blob.as_slice())
+    };
+    assert!(on_disk(&db), "the blob is stored before destroy");
+    km.rotate("pool-key-2").expect("rotate wrapped key");
+    km.destroy("pool-key-2", 1).expect("destroy v1");
+    drop(km);
+    let km = open();
+    let w = km.get("pool-key-2").expect("after reopen");
+    assert_eq!(w.versions[0].state, VersionState::Destroyed);
+    assert!(w.versions[0].wrapped.is_none());
+    assert!(w.versions[1].wrapped.is_some());
+    assert!(
+        !on_disk(&db),
+        "a destroyed wrapped secret must not remain in the files"
+    );
     // The registry file is owner-only.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&db).expect("db").permissions().mode() & 0o777;

@@ -69,6 +69,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted content (a destroyed version's wrapped secret) is overwritten, not left in
+        // free pages.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         Ok(Store { conn })
@@ -200,10 +203,19 @@ impl Store {
         version: u32,
         state: VersionState,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE versions SET state = ?3 WHERE name = ?1 AND version = ?2",
-            params![name, version, state.as_str()],
-        )?;
+        let sql = if state == VersionState::Destroyed {
+            // A destroyed version's wrapped secret is gone for good.
+            "UPDATE versions SET state = ?3, wrapped = NULL WHERE name = ?1 AND version = ?2"
+        } else {
+            "UPDATE versions SET state = ?3 WHERE name = ?1 AND version = ?2"
+        };
+        self.conn
+            .execute(sql, params![name, version, state.as_str()])?;
+        if state == VersionState::Destroyed {
+            // Move the change out of the WAL into the main file (overwritten there).
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
         Ok(())
     }
 

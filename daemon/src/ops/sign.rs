@@ -80,10 +80,22 @@ pub async fn sign_batch(ctx: &mut Ctx, req: &Request) -> OpResult {
                 .version(ver)
                 .ok_or_else(|| OpError::internal("current version vanished"))?;
             let backend = app.keys.backend(rec.backend)?;
+            // The whole batch shares the op timeout: items not reached by then fail on their
+            // own instead of keeping the device busy for a caller that has given up.
+            let deadline = std::time::Instant::now() + app.config.server.op_timeout();
             let results = digests
                 .iter()
                 .map(|d| {
-                    match digest32(d).and_then(|d| Ok(backend.sign(&v.backend_ref, &d, scheme)?)) {
+                    let item = digest32(d).and_then(|d| {
+                        if std::time::Instant::now() >= deadline {
+                            return Err(OpError::new(
+                                custody_proto::ErrorCode::BackendUnavailable,
+                                "batch time limit reached before this item",
+                            ));
+                        }
+                        Ok(backend.sign(&v.backend_ref, &d, scheme)?)
+                    });
+                    match item {
                         Ok(s) => BatchItem {
                             signature: Some(s),
                             err: None,

@@ -47,7 +47,7 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
     let limits = limits(&app);
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Response>(limits.max_in_flight + 2);
-    let writer = tokio::spawn(write_loop(wr, rx, limits.max_frame));
+    let writer = tokio::spawn(write_loop(wr, rx, limits.max_frame, limits.idle));
     let inflight = Arc::new(Semaphore::new(limits.max_in_flight));
     let mut hello_done = false;
 
@@ -55,6 +55,8 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
         let permit = tokio::select! {
             p = inflight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = shutdown.recv() => break,
+            // The writer gave up (peer stopped reading): nothing can be answered any more.
+            _ = tx.closed() => break,
         };
         let busy = || inflight.available_permits() + 1 < limits.max_in_flight;
         let body = tokio::select! {
@@ -207,7 +209,14 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Response>, max_frame: u32) {
+/// Writes responses in completion order. A peer that does not read for `stall` (the idle
+/// timeout) is dropped: the connection closes and pending responses are discarded.
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Response>,
+    max_frame: u32,
+    stall: Duration,
+) {
     while let Some(resp) = rx.recv().await {
         let body = match resp.encode() {
             Ok(b) if b.len() <= max_frame as usize => b,
@@ -228,8 +237,13 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Response>, ma
         let mut out = Vec::with_capacity(body.len() + frame::HEADER_LEN);
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());
         out.extend_from_slice(&body);
-        if wr.write_all(&out).await.is_err() {
-            break;
+        match timeout(stall, wr.write_all(&out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::debug!("closing connection: peer stopped reading responses");
+                break;
+            }
         }
     }
     let _ = wr.shutdown().await;
