@@ -1954,6 +1954,16 @@ fn wrong_pin_gives_backend_unavailable_and_never_leaks_the_pin() {
     );
     d.assert_running();
     assert_no_pin(&d, &[wrong_pin]);
+    // After the token rejected the PIN the daemon stops trying it (each try would count against
+    // the token's retry limit): later requests say so instead of logging in again.
+    let m = cli_err(
+        &d,
+        &["sign", "tp", "--in", p(&data)],
+        ErrorCode::BackendUnavailable,
+    );
+    assert!(m.contains("not retried"), "{m}");
+    let logins = d.stderr().matches("login to token").count();
+    assert!(logins <= 2, "login retried {logins} times:\n{}", d.stderr());
 
     // The right PIN again: everything works (the failed logins did not lock the token).
     assert_eq!(d.terminate().code(), Some(0));

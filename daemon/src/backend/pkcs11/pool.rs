@@ -52,6 +52,9 @@ struct State {
     last_reinit: Option<Instant>,
     /// Why the last login failed, until a login succeeds (the PIN itself is never kept here).
     login_error: Option<String>,
+    /// Set when the token rejected the PIN itself: never try it again in this process, since
+    /// every attempt counts against the token's retry limit and could lock the PIN.
+    pin_rejected: bool,
 }
 
 /// Shortest interval between two module re-initialisations.
@@ -143,6 +146,7 @@ impl SessionPool {
                 reinits: 0,
                 last_reinit: None,
                 login_error: None,
+                pin_rejected: false,
             }),
             freed: Condvar::new(),
         }
@@ -340,6 +344,17 @@ impl SessionPool {
     }
 
     fn try_open_session(&self) -> Result<Session, BackendError> {
+        {
+            let st = self.lock();
+            if st.pin_rejected {
+                return Err(BackendError::Unavailable(format!(
+                    "{}; not retried (fix the PIN and restart custodyd)",
+                    st.login_error
+                        .as_deref()
+                        .unwrap_or("the token rejected the PIN")
+                )));
+            }
+        }
         let (ctx, slot) = self.slot()?;
         let session = match ctx.open_rw_session(slot) {
             Ok(s) => s,
@@ -365,7 +380,18 @@ impl SessionPool {
                     self.token_label,
                     describe(&e)
                 );
-                self.lock().login_error = Some(msg.clone());
+                let mut st = self.lock();
+                st.login_error = Some(msg.clone());
+                st.pin_rejected = matches!(
+                    rv(&e),
+                    Some(
+                        RvError::PinIncorrect
+                            | RvError::PinLocked
+                            | RvError::PinExpired
+                            | RvError::PinInvalid
+                            | RvError::PinLenRange
+                    )
+                );
                 Err(BackendError::Unavailable(msg))
             }
         }
