@@ -31,6 +31,9 @@ pub struct Record<'a> {
     pub key: Option<&'a str>,
     /// Key version used, when known.
     pub version: Option<u32>,
+    /// A second key the op touched (`rewrap` target, `keys.create` master), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<&'a str>,
     /// `ok` or the error code.
     pub outcome: &'a str,
     /// Duration in microseconds.
@@ -61,6 +64,7 @@ impl<'a> Record<'a> {
             op,
             key,
             version,
+            target: None,
             outcome,
             duration_us: duration.as_micros(),
         }

@@ -44,6 +44,8 @@ pub mod names {
     pub const ENVELOPE_OPEN: &str = "envelope.open";
     /// Re-target a wrapped key or an envelope to another key without revealing the data key.
     pub const REWRAP: &str = "rewrap";
+    /// Not an op: the right, checked on the source key, to `rewrap` to an external public key.
+    pub const REWRAP_EXTERNAL: &str = "rewrap.external";
 
     /// Every op the server knows.
     pub const ALL: &[&str] = &[

@@ -2174,3 +2174,152 @@ fn keys_list_and_show_reflect_every_change() {
     assert_no_pin(&d, &[]);
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// Re-targeting to an external public key needs `rewrap.external` on the source key (it hands the
+/// data key to that key's owner); re-targeting between the daemon's keys needs `rewrap` on both.
+/// The audit line names the target key too.
+#[test]
+fn rewrap_to_external_key_is_a_right_of_its_own() {
+    let declared = "[[keys.declare]]\nname = \"ida-a\"\nkind = \"rsa2048-oaep\"\nbackend = \"pkcs11\"\n\n\
+                    [[keys.declare]]\nname = \"ida-b\"\nkind = \"rsa2048-oaep\"\nbackend = \"pkcs11\"\n";
+    let limited = "[[roles]]\nname = \"ida\"\nunix_users = [0]\n\
+                   ops = [\"envelope.seal\", \"envelope.open\", \"rewrap\"]\nkeys = [\"ida-*\"]\n";
+    let mut d = DaemonBuilder::new()
+        .with_hsm()
+        .extra(declared)
+        .roles(limited)
+        .start();
+    let data = write(&d, "data", b"datashare for rewrap rights");
+    let env = file(&d, "a.env");
+    cli_ok(
+        &d,
+        &[
+            "envelope",
+            "seal",
+            "ida-a",
+            "--in",
+            p(&data),
+            "--out",
+            p(&env),
+        ],
+    );
+    let (key, pubf, _) = external_keypair(&d, "partner");
+
+    // Between the daemon's own keys: allowed, and audited with both names.
+    let moved = file(&d, "b.env");
+    cli_ok(
+        &d,
+        &[
+            "rewrap",
+            "ida-a",
+            "--in",
+            p(&env),
+            "--to",
+            "ida-b",
+            "--out",
+            p(&moved),
+        ],
+    );
+    let opened = cli_json(&d, &["envelope", "open", "ida-b", "--in", p(&moved)]);
+    assert_eq!(
+        b64url_decode(opened["plaintext"].as_str().unwrap()),
+        read(&data)
+    );
+    let audit = d.audit_lines();
+    let line = audit
+        .iter()
+        .rev()
+        .find(|l| l["op"] == "rewrap")
+        .expect("rewrap audited");
+    assert_eq!(
+        (line["key"].as_str(), line["target"].as_str()),
+        (Some("ida-a"), Some("ida-b"))
+    );
+
+    // To an external key: refused without `rewrap.external`…
+    let out = file(&d, "ext.env");
+    let m = cli_err(
+        &d,
+        &[
+            "rewrap",
+            "ida-a",
+            "--in",
+            p(&env),
+            "--to-pem",
+            p(&pubf),
+            "--out",
+            p(&out),
+        ],
+        ErrorCode::PermissionDenied,
+    );
+    assert!(m.contains("rewrap.external"), "{m}");
+    // …and allowed once the role has it (SIGHUP reload).
+    d.set_roles(&limited.replace("\"rewrap\"]", "\"rewrap\", \"rewrap.external\"]"));
+    d.reload();
+    wait_for(Duration::from_secs(10), "reloaded roles", || {
+        d.cli(&[
+            "rewrap",
+            "ida-a",
+            "--in",
+            p(&env),
+            "--to-pem",
+            p(&pubf),
+            "--out",
+            p(&out),
+        ])
+        .status
+        .success()
+        .then_some(())
+    });
+    let plain = file(&d, "ext.plain");
+    py_envelope(&[
+        "open",
+        "--key",
+        p(&key),
+        "--in",
+        p(&out),
+        "--out",
+        p(&plain),
+    ]);
+    assert_eq!(read(&plain), read(&data));
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// A request with the wrong kind of key fails before any automatic rotation could happen.
+#[test]
+fn wrong_kind_does_not_rotate_an_expired_key() {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(Path::new(lib).exists(), "{lib} missing: run `make deps`");
+    let mut d = DaemonBuilder::new()
+        .with_hsm()
+        .extra("[keys.defaults]\nauto_rotate = true\n")
+        .start();
+    cli_ok(
+        &d,
+        &[
+            "keys",
+            "create",
+            "enc",
+            "--kind",
+            "rsa2048-oaep",
+            "--backend",
+            "pkcs11",
+            "--validity-days",
+            "2",
+            "--pre-expire-days",
+            "1",
+        ],
+    );
+    d.set_env("LD_PRELOAD", lib);
+    d.set_env("FAKETIME", "+30h");
+    d.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    d.restart();
+    let data = write(&d, "data", b"x");
+    cli_err(&d, &["sign", "enc", "--in", p(&data)], ErrorCode::WrongKind);
+    let k = cli_json(&d, &["keys", "show", "enc"]);
+    assert_eq!(k["versions"].as_array().map(Vec::len), Some(1), "{k}");
+    // The right kind of use does rotate it.
+    let sealed = cli_json(&d, &["envelope", "seal", "enc", "--in", p(&data)]);
+    assert_eq!(sealed["version"], 2, "{sealed}");
+    assert_eq!(d.terminate().code(), Some(0));
+}

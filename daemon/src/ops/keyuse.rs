@@ -126,8 +126,9 @@ pub struct Recipient {
 impl Recipient {
     /// The current version of a named `rsa2048-oaep` key.
     pub fn named(app: &App, name: &str, op: &str) -> Result<(Arc<KeyRecord>, Recipient), OpError> {
+        // Kind first: a wrong-kind request must not trigger an automatic rotation.
+        require_kind(&*app.keys.get(name)?, KeyKind::Rsa2048Oaep, op)?;
         let (rec, ver) = app.keys.current(name)?;
-        require_kind(&rec, KeyKind::Rsa2048Oaep, op)?;
         let v = rec
             .version(ver)
             .ok_or_else(|| OpError::internal("current version vanished"))?;

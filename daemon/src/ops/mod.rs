@@ -37,17 +37,28 @@ pub struct Ctx {
     pub key: Option<String>,
     /// Key version used.
     pub version: Option<u32>,
+    /// A second key the op touched (`rewrap` target, `keys.create` master).
+    pub target: Option<String>,
 }
 
 impl Ctx {
     /// Checks that the caller may run this op on `key` (None: an op without a key); records
     /// the key and role for the audit line.
     pub fn authorize(&mut self, key: Option<&str>) -> Result<(), OpError> {
+        self.authorize_as(self.op, key)
+    }
+
+    /// Like [`Ctx::authorize`] but checks another op name (e.g. `rewrap.external`, a stronger
+    /// right than `rewrap`). The first key checked is the audit line's `key`, a second one its
+    /// `target`.
+    pub fn authorize_as(&mut self, op: &str, key: Option<&str>) -> Result<(), OpError> {
         if self.key.is_none() {
             self.key = key.map(str::to_owned);
+        } else if self.target.is_none() && key != self.key.as_deref() {
+            self.target = key.map(str::to_owned);
         }
         let policy = self.app.policy();
-        let role = policy.check(&self.peer, self.op, key)?;
+        let role = policy.check(&self.peer, op, key)?;
         if self.role.is_none() {
             self.role = Some(role.to_owned());
         }
@@ -128,6 +139,7 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
         role: None,
         key: None,
         version: None,
+        target: None,
     };
     let result: OpResult = match op {
         names::PING => basic::ping(&mut ctx, &req).await,
@@ -157,7 +169,7 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
         Err(e) => e.code.as_str(),
     };
     app.stats.count(op, result.is_ok());
-    app.audit.write(&Record::new(
+    let mut record = Record::new(
         peer,
         ctx.role.as_deref(),
         op,
@@ -165,7 +177,9 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
         ctx.version,
         outcome,
         start.elapsed(),
-    ));
+    );
+    record.target = ctx.target.as_deref();
+    app.audit.write(&record);
     match result {
         Ok(v) => Response {
             id: req.id,

@@ -2,7 +2,7 @@
 //! external public key) without the data key leaving the daemon. Covers IDA's K22 → K18 path, a
 //! partner re-encryption, and re-wrapping to the current version after a rotation.
 
-use custody_proto::ops::{RewrapArgs, RewrapResult};
+use custody_proto::ops::{names, RewrapArgs, RewrapResult};
 use custody_proto::Request;
 
 use super::decrypt::split_wrapped;
@@ -20,8 +20,11 @@ pub async fn rewrap(ctx: &mut Ctx, req: &Request) -> OpResult {
         ));
     }
     ctx.authorize(Some(&a.key))?;
-    if let Some(t) = &a.to_key {
-        ctx.authorize(Some(t))?;
+    match &a.to_key {
+        Some(t) => ctx.authorize(Some(t))?,
+        // Re-targeting to a key the daemon does not hold hands the data key to whoever holds
+        // that key: as strong as `unwrap`, so it is a right of its own.
+        None => ctx.authorize_as(names::REWRAP_EXTERNAL, Some(&a.key))?,
     }
     let key = a.key.clone();
     let (version, result) = ctx

@@ -39,8 +39,9 @@ pub async fn sign(ctx: &mut Ctx, req: &Request) -> OpResult {
     let key = a.key;
     let (version, signature) = ctx
         .blocking(move |app| {
+            // Kind first: a wrong-kind request must not trigger an automatic rotation.
+            require_kind(&*app.keys.get(&key)?, KeyKind::Rsa2048Sign, "sign")?;
             let (rec, ver) = app.keys.current(&key)?;
-            require_kind(&rec, KeyKind::Rsa2048Sign, "sign")?;
             let v = rec
                 .version(ver)
                 .ok_or_else(|| OpError::internal("current version vanished"))?;
@@ -74,8 +75,9 @@ pub async fn sign_batch(ctx: &mut Ctx, req: &Request) -> OpResult {
     let digests = a.digests;
     let (version, results) = ctx
         .blocking(move |app| {
+            // Kind first: a wrong-kind request must not trigger an automatic rotation.
+            require_kind(&*app.keys.get(&key)?, KeyKind::Rsa2048Sign, "sign.batch")?;
             let (rec, ver) = app.keys.current(&key)?;
-            require_kind(&rec, KeyKind::Rsa2048Sign, "sign.batch")?;
             let v = rec
                 .version(ver)
                 .ok_or_else(|| OpError::internal("current version vanished"))?;
@@ -126,8 +128,9 @@ pub async fn sign_jwt(ctx: &mut Ctx, req: &Request) -> OpResult {
     let payload = a.payload;
     let (version, kid, token) = ctx
         .blocking(move |app| {
+            // Kind first: a wrong-kind request must not trigger an automatic rotation.
+            require_kind(&*app.keys.get(&key)?, KeyKind::Rsa2048Sign, "sign.jwt")?;
             let (rec, ver) = app.keys.current(&key)?;
-            require_kind(&rec, KeyKind::Rsa2048Sign, "sign.jwt")?;
             let v = rec
                 .version(ver)
                 .ok_or_else(|| OpError::internal("current version vanished"))?;
