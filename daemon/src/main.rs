@@ -49,6 +49,15 @@ fn main() -> ExitCode {
         println!("{}: OK", args.config.display());
         return ExitCode::SUCCESS;
     }
+    // Backends first: they touch the process environment, which is safe only before other
+    // threads (the runtime's) exist.
+    let app = match setup::build(cfg, &args.config) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            eprintln!("custodyd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,13 +66,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("custodyd: cannot start runtime: {e}");
             return ExitCode::from(1);
-        }
-    };
-    let app = match setup::build(cfg, &args.config) {
-        Ok(a) => Arc::new(a),
-        Err(e) => {
-            eprintln!("custodyd: {e}");
-            return ExitCode::from(2);
         }
     };
     let drain = std::time::Duration::from_secs(app.config.server.drain_timeout_secs);

@@ -37,12 +37,17 @@ fn read_pin(p: &Pkcs11Section, path: &Path) -> Result<SecretString, String> {
         return Ok(SecretString::from(line.to_owned()));
     }
     if let Some(var) = &p.pin_env {
-        return std::env::var(var).map(SecretString::from).map_err(|_| {
+        let pin = std::env::var(var).map(SecretString::from).map_err(|_| {
             format!(
                 "{}: key `pkcs11.pin_env`: environment variable `{var}` is not set",
                 path.display()
             )
-        });
+        })?;
+        // Removed from the environment so nothing later in the process (or a child) sees it.
+        // The kernel keeps the exec-time copy in /proc/PID/environ (readable by the same uid
+        // only), so `pin_file` is the better choice. Called before any other thread exists.
+        std::env::remove_var(var);
+        return Ok(pin);
     }
     Err(format!(
         "{}: key `pkcs11.pin_file`: no PIN source",
@@ -55,6 +60,8 @@ fn read_pin(p: &Pkcs11Section, path: &Path) -> Result<SecretString, String> {
 pub fn backends(cfg: &Config, path: &Path) -> Result<Vec<Arc<dyn Backend>>, String> {
     let mut out: Vec<Arc<dyn Backend>> = Vec::new();
     let op_timeout = cfg.server.op_timeout();
+    // Read the PIN (and drop it from the environment) before any backend thread exists.
+    let pin = cfg.pkcs11.as_ref().map(|p| read_pin(p, path)).transpose()?;
     if let Some(t) = &cfg.tpm {
         let mut tc = TpmConfig::new(t.tcti.clone());
         tc.persistent_base = t.persistent_base;
@@ -70,7 +77,7 @@ pub fn backends(cfg: &Config, path: &Path) -> Result<Vec<Arc<dyn Backend>>, Stri
         let backend = Pkcs11Backend::start(Pkcs11Config {
             module: p.module.clone(),
             token_label: p.token_label.clone(),
-            pin: read_pin(p, path)?,
+            pin: pin.clone().ok_or("no PIN")?,
             max_sessions: p.max_sessions,
             op_timeout,
             oaep,

@@ -115,6 +115,12 @@ fn registry_versions_and_wrapped_keys_on_softhsm() {
         ))
         .expect("second wrapped key");
     assert_eq!(w2.current().expect("v1").backend_ref, "master:v2");
+    // Master v1 still wraps pool-key: it can be neither retired nor destroyed.
+    for res in [km.retire("master", 1), km.destroy("master", 1)] {
+        let e = res.unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("pool-key"), "{}", e.message);
+    }
 
     let signer = km
         .create(&spec(

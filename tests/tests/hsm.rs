@@ -2323,3 +2323,29 @@ fn wrong_kind_does_not_rotate_an_expired_key() {
     assert_eq!(sealed["version"], 2, "{sealed}");
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// `pin_env`: the PIN comes from an environment variable; it never reaches a log line.
+#[test]
+fn pin_from_environment_is_used() {
+    let mut d = hsm_daemon();
+    let pin = d.hsm().unwrap().pin();
+    let pin_file = d.hsm().unwrap().pin_file.to_string_lossy().into_owned();
+    let cfg = d.config_text();
+    let line = format!("pin_file = {}", toml_str(&pin_file));
+    assert!(cfg.contains(&line), "{cfg}");
+    d.write_raw_config(&cfg.replace(&line, "pin_env = \"CUSTODY_E2E_PIN\""));
+    d.set_env("CUSTODY_E2E_PIN", &pin);
+    d.restart();
+    create(&d, "envpin", "rsa2048-sign");
+    let data = write(&d, "data", b"pin from env");
+    cli_ok(&d, &["sign", "envpin", "--in", p(&data)]);
+    let environ = std::fs::read(format!("/proc/{}/environ", d.pid().unwrap())).expect("environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains("CUSTODY_E2E_PIN"),
+        "PIN variable still in the environment"
+    );
+    assert!(!environ.contains(&pin));
+    assert_no_pin(&d, &[]);
+    assert_eq!(d.terminate().code(), Some(0));
+}

@@ -12,7 +12,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use custody_proto::ErrorCode;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::backend::{Backend, BackendKind, Health, KeyKind, NewKey, Template};
@@ -429,6 +428,19 @@ impl KeyManager {
                 format!("version {version} of `{name}` is already destroyed"),
             ));
         }
+        // A master version still wrapping live keys must stay usable, or those keys are lost.
+        let reference = format!("{name}:v{version}");
+        if let Some(user) = self.list().iter().find(|k| {
+            k.backend == BackendKind::Wrapped
+                && k.versions
+                    .iter()
+                    .any(|w| w.state != VersionState::Destroyed && w.backend_ref == reference)
+        }) {
+            return Err(OpError::bad(format!(
+                "version {version} of `{name}` still wraps key `{}`; destroy those versions first",
+                user.name
+            )));
+        }
         if to == VersionState::Destroyed && !self.shared_object(&rec, idx) {
             match rec.backend {
                 BackendKind::Wrapped => {}
@@ -477,9 +489,12 @@ impl KeyManager {
             })?;
             (c.backend_ref, c.public, None)
         };
+        if let Some(p) = &public {
+            check_public(p)?;
+        }
         let thumbprint = public
             .as_ref()
-            .map(|p| <[u8; 32]>::from(Sha256::digest(&p.spki_der)));
+            .map(|p| crate::format::thumbprint::thumbprint(&p.spki_der));
         Ok(VersionRecord {
             version,
             state: VersionState::Active,
@@ -599,6 +614,28 @@ impl KeyManager {
         let v = cur.version;
         Ok((rec, v))
     }
+}
+
+/// Checks a new public key before it is recorded: a TPM key's `TPMT_PUBLIC` (what MOSIP
+/// registers) must describe exactly the key of the DER SubjectPublicKeyInfo handed out, read by
+/// the independent parser in [`crate::format::tpm_public`].
+fn check_public(p: &crate::backend::PublicKeyInfo) -> Result<(), OpError> {
+    if let Some(tpmt) = &p.tpmt {
+        let parsed = crate::format::tpm_public::parse(tpmt).map_err(|e| {
+            OpError::internal(format!(
+                "TPM returned a TPMT_PUBLIC that does not parse: {e}"
+            ))
+        })?;
+        let spki = parsed
+            .to_spki_der()
+            .map_err(|e| OpError::internal(format!("TPMT_PUBLIC key is not usable: {e}")))?;
+        if spki != p.spki_der {
+            return Err(OpError::internal(
+                "TPMT_PUBLIC and SubjectPublicKeyInfo of the new key disagree",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses retired and destroyed versions.
