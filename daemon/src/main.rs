@@ -68,10 +68,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let drain = std::time::Duration::from_secs(app.config.server.drain_timeout_secs);
     let result = rt.block_on(server::run(app));
-    // Blocking work still running (a hung device call) must not keep the process alive.
-    rt.shutdown_timeout(drain);
+    // The server has drained already; blocking work still running (a hung device call) must not
+    // keep the process alive much longer.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

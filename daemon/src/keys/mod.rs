@@ -490,7 +490,14 @@ impl KeyManager {
             (c.backend_ref, c.public, None)
         };
         if let Some(p) = &public {
-            check_public(p)?;
+            if let Err(e) = check_public(p) {
+                if rec.template != Template::Mosip {
+                    if let Ok(b) = self.backend(rec.backend) {
+                        let _ = b.destroy(&backend_ref);
+                    }
+                }
+                return Err(e);
+            }
         }
         let thumbprint = public
             .as_ref()

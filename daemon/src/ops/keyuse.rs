@@ -109,7 +109,12 @@ pub fn oaep_decrypt(
         .decrypt_oaep(&v.backend_ref, ciphertext, label)
         .map_err(|e| match e {
             // Whatever the device says about a failed decryption, the caller hears one thing.
-            BackendError::Integrity(_) | BackendError::Internal(_) => decryption_failed(&e),
+            BackendError::Integrity(_) => decryption_failed(&e),
+            BackendError::Internal(_) => {
+                // Possibly a real device fault: operators must see it, the caller must not.
+                tracing::warn!(key = %rec.name, "decryption: {e}");
+                decryption_failed(&e)
+            }
             other => other.into(),
         })
 }

@@ -27,6 +27,7 @@ pub async fn rewrap(ctx: &mut Ctx, req: &Request) -> OpResult {
         None => ctx.authorize_as(names::REWRAP_EXTERNAL, Some(&a.key))?,
     }
     let key = a.key.clone();
+    let external = a.to_public_key.is_some();
     let (version, result) = ctx
         .blocking(move |app| {
             let rec = app.keys.get(&key)?;
@@ -65,5 +66,9 @@ pub async fn rewrap(ctx: &mut Ctx, req: &Request) -> OpResult {
         })
         .await?;
     ctx.version = Some(version);
+    if external {
+        // Re-targeted to an external key: the audit line says which one.
+        ctx.target = Some(format!("external:{}", hex::encode(&result.thumbprint)));
+    }
     encode(&result)
 }

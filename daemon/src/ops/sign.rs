@@ -73,6 +73,9 @@ pub async fn sign_batch(ctx: &mut Ctx, req: &Request) -> OpResult {
     }
     let key = a.key;
     let digests = a.digests;
+    // Measured from here, before the blocking pool, so items stop in time for the answer to say
+    // which ones were not reached (the op timeout itself is the backstop).
+    let deadline = std::time::Instant::now() + ctx.app.config.server.op_timeout() * 9 / 10;
     let (version, results) = ctx
         .blocking(move |app| {
             // Kind first: a wrong-kind request must not trigger an automatic rotation.
@@ -84,7 +87,6 @@ pub async fn sign_batch(ctx: &mut Ctx, req: &Request) -> OpResult {
             let backend = app.keys.backend(rec.backend)?;
             // The whole batch shares the op timeout: items not reached by then fail on their
             // own instead of keeping the device busy for a caller that has given up.
-            let deadline = std::time::Instant::now() + app.config.server.op_timeout();
             let results = digests
                 .iter()
                 .map(|d| {

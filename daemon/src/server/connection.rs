@@ -53,15 +53,17 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
 
     loop {
         let permit = tokio::select! {
-            p = inflight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.recv() => break,
+            biased;
             // The writer gave up (peer stopped reading): nothing can be answered any more.
             _ = tx.closed() => break,
+            _ = shutdown.recv() => break,
+            p = inflight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let busy = || inflight.available_permits() + 1 < limits.max_in_flight;
         let body = tokio::select! {
             r = read_frame(&mut rd, &limits, busy) => r,
             _ = shutdown.recv() => break,
+            _ = tx.closed() => break,
         };
         let body = match body {
             Ok(b) => b,

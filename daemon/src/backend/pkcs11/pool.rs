@@ -68,6 +68,9 @@ pub(crate) struct SessionPool {
     wait: Duration,
     state: Mutex<State>,
     freed: Condvar,
+    /// Serialises session opening and login, so that once the token rejects the PIN no other
+    /// thread tries it again (each try counts against the token's retry limit).
+    login: Mutex<()>,
 }
 
 /// A session borrowed from the pool; returned on drop unless discarded.
@@ -149,6 +152,7 @@ impl SessionPool {
                 pin_rejected: false,
             }),
             freed: Condvar::new(),
+            login: Mutex::new(()),
         }
     }
 
@@ -344,6 +348,7 @@ impl SessionPool {
     }
 
     fn try_open_session(&self) -> Result<Session, BackendError> {
+        let _login = self.login.lock().unwrap_or_else(PoisonError::into_inner);
         {
             let st = self.lock();
             if st.pin_rejected {

@@ -6,7 +6,7 @@
 //! - `persistent:0x81010100:<16 hex>`: a default-template key persisted at that handle; the
 //!   suffix is the first 8 bytes of SHA-256 over the key's marshalled `TPMT_PUBLIC`, checked
 //!   every time the handle is opened, so a reference can never reach another key that was later
-//!   persisted at a reused handle. (A reference without the suffix is accepted and not checked.)
+//!   persisted at a reused handle. The suffix is required.
 
 use rsa::{pkcs8::EncodePublicKey, BigUint, RsaPublicKey};
 use tss_esapi::{
@@ -86,16 +86,9 @@ impl KeyRef {
             .strip_prefix("persistent:0x")
             .or_else(|| s.strip_prefix("persistent:0X"))
             .ok_or_else(bad)?;
-        let (hex, fp) = match rest.split_once(':') {
-            None => (rest, None),
-            Some((hex, fp)) => {
-                let bytes = hex::decode(fp).map_err(|_| bad())?;
-                (
-                    hex,
-                    Some(<[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| bad())?),
-                )
-            }
-        };
+        let (hex, fp) = rest.split_once(':').ok_or_else(bad)?;
+        let fp = hex::decode(fp).map_err(|_| bad())?;
+        let fp = Some(<[u8; 8]>::try_from(fp.as_slice()).map_err(|_| bad())?);
         let handle = u32::from_str_radix(hex, 16).map_err(|_| bad())?;
         if handle < persistent_base || handle - persistent_base >= PERSISTENT_RANGE {
             return Err(BackendError::NotFound(format!(
@@ -210,7 +203,11 @@ mod tests {
     #[test]
     fn refs_round_trip_and_range() {
         let base = 0x8101_0100;
-        for s in ["mosip:sign", "mosip:encrypt", "persistent:0x81010100"] {
+        for s in [
+            "mosip:sign",
+            "mosip:encrypt",
+            "persistent:0x81010100:0011223344556677",
+        ] {
             let r = KeyRef::parse(s, base).map(|r| r.to_string());
             assert_eq!(r.ok().as_deref(), Some(s));
         }
@@ -220,6 +217,10 @@ mod tests {
         let with_fp = "persistent:0x81010100:0011223344556677";
         assert_eq!(KeyRef::parse(with_fp, base).unwrap().to_string(), with_fp);
         assert!(KeyRef::parse("persistent:0x81010100:0011", base).is_err());
+        assert!(
+            KeyRef::parse("persistent:0x81010100", base).is_err(),
+            "fingerprint required"
+        );
         assert!(KeyRef::parse("persistent:0x81010100:zz11223344556677", base).is_err());
         assert!(KeyRef::parse("mosip:other", base).is_err());
     }
