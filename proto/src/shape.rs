@@ -149,6 +149,34 @@ mod tests {
     }
 
     #[test]
+    fn tags_floats_simple_values_and_nested_indefinite_items() {
+        // tag(tag(tag(1))), half float, false, null, undefined, an indefinite map holding
+        // an indefinite text string in chunks and an indefinite array.
+        let body = [
+            0x83, // array(3)
+            0xc1, 0xc1, 0xc1, 0x01, // tags around 1
+            0xf9, 0x3c, 0x00, // half float 1.0
+            0xbf, // map(_)
+            0x7f, 0x61, b'a', 0x61, b'b', 0xff, // "ab" in chunks
+            0x9f, 0xf4, 0xf6, 0xf7, 0xff, // [_ false, null, undefined]
+            0xff,
+        ];
+        assert_eq!(check(&body), Ok(()));
+        let v: Value = ciborium::from_reader(&body[..]).unwrap();
+        assert!(matches!(v, Value::Array(ref a) if a.len() == 3));
+        // Exactly at the limits is fine; one more is not.
+        let mut deep = Value::Integer(1.into());
+        for _ in 0..MAX_DEPTH - 1 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert_eq!(check(&cbor(&deep)), Ok(()));
+        let many = Value::Array(vec![Value::Null; MAX_ITEMS - 1]);
+        assert_eq!(check(&cbor(&many)), Ok(()));
+        // A break outside an indefinite item is not CBOR.
+        assert!(check(&[0x81, 0xff]).is_err());
+    }
+
+    #[test]
     fn refuses_blowups_and_malformed_bodies() {
         let many = Value::Array(vec![Value::Map(vec![]); MAX_ITEMS + 1]);
         assert_eq!(check(&cbor(&many)), Err(ShapeError::TooManyItems));

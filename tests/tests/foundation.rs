@@ -835,3 +835,71 @@ fn small_in_flight_limit_and_idle_timeout() {
     }
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// A client that keeps sending but never reads its responses is dropped once a response cannot
+/// be written for the idle timeout; the daemon keeps serving everyone else.
+#[test]
+fn peer_that_stops_reading_is_dropped() {
+    let d = DaemonBuilder::new()
+        .server(&["idle_timeout_secs = 1", "max_in_flight = 4"])
+        .start();
+    let stream = std::os::unix::net::UnixStream::connect(d.socket()).expect("connect");
+    let mut w = stream.try_clone().expect("clone");
+    w.set_write_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let hello = frame_bytes(&request_body(
+            0,
+            names::HELLO,
+            &HelloArgs {
+                version: 1,
+                client: None,
+            },
+        ));
+        if w.write_all(&hello).is_err() {
+            return 0;
+        }
+        let mut sent = 0u64;
+        for id in 1..=20_000u64 {
+            let f = frame_bytes(&request_body(
+                id,
+                names::PING,
+                &PingArgs {
+                    data: vec![0x5a; 1024],
+                },
+            ));
+            if w.write_all(&f).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let start = Instant::now();
+    let c = d.client();
+    wait_for(
+        Duration::from_secs(20),
+        "the stalled peer to be dropped",
+        || {
+            let st: StatusResult = c.call(names::STATUS, &StatusArgs {}).expect("status");
+            (st.connections == 1).then_some(())
+        },
+    );
+    let sent = writer.join().expect("writer");
+    assert!(
+        sent < 20_000,
+        "the stalled connection must have been closed, sent {sent}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let r: PingResult = c
+        .call(
+            names::PING,
+            &PingArgs {
+                data: b"still here".to_vec(),
+            },
+        )
+        .expect("others still served");
+    assert_eq!(r.data, b"still here");
+    drop(stream);
+}

@@ -2342,3 +2342,114 @@ fn pin_from_environment_is_used() {
     assert_no_pin(&d, &[]);
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// Every way a decryption can fail gives the same code and the same message: a wrong OAEP label,
+/// a corrupted wrapped key, a tampered envelope tag, and an envelope whose (validly wrapped) data
+/// key has the wrong length. Otherwise the daemon would be a padding oracle.
+#[test]
+fn every_decryption_failure_looks_the_same() {
+    use rsa::pkcs8::DecodePublicKey;
+    let d = hsm_daemon();
+    create(&d, "ora", "rsa2048-oaep");
+    let pem = file(&d, "ora.pem");
+    let der_path = file(&d, "ora.der");
+    cli_ok(&d, &["keys", "public", "ora", "--out", p(&pem)]);
+    cli_ok(
+        &d,
+        &[
+            "keys",
+            "public",
+            "ora",
+            "--format",
+            "der",
+            "--out",
+            p(&der_path),
+        ],
+    );
+    let der = read(&der_path);
+    let key = rsa::RsaPublicKey::from_public_key_der(&der).expect("spki");
+    let mut rng = rand_core_rng();
+
+    let secret = write(&d, "secret", &[7u8; 32]);
+    let wrapped = file(&d, "wrapped");
+    run_ok(Command::new("openssl").args([
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        p(&pem),
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        "rsa_oaep_md:sha256",
+        "-pkeyopt",
+        "rsa_mgf1_md:sha256",
+        "-in",
+        p(&secret),
+        "-out",
+        p(&wrapped),
+    ]));
+    let m_label = cli_err(
+        &d,
+        &["decrypt", "ora", "--in", p(&wrapped), "--label-hex", "01"],
+        ErrorCode::Integrity,
+    );
+    let mut bad = read(&wrapped);
+    bad[100] ^= 0x40;
+    let corrupted = write(&d, "corrupted", &bad);
+    let m_corrupt = cli_err(
+        &d,
+        &["unwrap", "ora", "--in", p(&corrupted)],
+        ErrorCode::Integrity,
+    );
+
+    let data = write(&d, "data", b"envelope body");
+    let env = file(&d, "env");
+    cli_ok(
+        &d,
+        &[
+            "envelope",
+            "seal",
+            "ora",
+            "--in",
+            p(&data),
+            "--out",
+            p(&env),
+        ],
+    );
+    let mut tampered = read(&env);
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    let tampered = write(&d, "tampered.env", &tampered);
+    let m_tag = cli_err(
+        &d,
+        &["envelope", "open", "ora", "--in", p(&tampered)],
+        ErrorCode::Integrity,
+    );
+
+    // A well-formed envelope whose data key is 16 bytes instead of 32.
+    let short_key = key
+        .encrypt(&mut rng, rsa::Oaep::new::<Sha256>(), &[9u8; 16])
+        .expect("oaep");
+    let mut short = b"VER_R2".to_vec();
+    short.extend_from_slice(&Sha256::digest(&der));
+    short.extend_from_slice(&short_key);
+    short.extend_from_slice(b"#KEY_SPLITTER#");
+    short.extend_from_slice(&[3u8; 32]);
+    short.extend_from_slice(&[0u8; 24]);
+    let short = write(&d, "short.env", &short);
+    let m_len = cli_err(
+        &d,
+        &["envelope", "open", "ora", "--in", p(&short)],
+        ErrorCode::Integrity,
+    );
+
+    let expected = "decryption failed: wrong key, wrong label or tampered data";
+    for m in [&m_label, &m_corrupt, &m_tag, &m_len] {
+        assert_eq!(m, expected);
+    }
+}
+
+fn rand_core_rng() -> impl rsa::rand_core::CryptoRngCore {
+    rsa::rand_core::OsRng
+}

@@ -1383,3 +1383,43 @@ fn persistent_handle_reused_after_destroy_works() {
     assert!(destroyed >= 3, "{v}");
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// A batch larger than the TPM can sign within the op timeout is answered in time: the items
+/// reached are signed, the rest fail on their own with `backend_unavailable`.
+#[test]
+fn batch_stops_at_the_op_timeout_and_answers() {
+    let d = tpm_builder().server(&["op_timeout_secs = 1"]).start();
+    let c = d.client();
+    let digests: Vec<Vec<u8>> = (0..1024u32).map(|i| sha256(&i.to_be_bytes())).collect();
+    let t = Instant::now();
+    let r: SignBatchResult = c
+        .call(
+            names::SIGN_BATCH,
+            &SignBatchArgs {
+                key: "machine-sign".into(),
+                digests: digests
+                    .iter()
+                    .map(|d| serde_bytes::ByteBuf::from(d.clone()))
+                    .collect(),
+                scheme: None,
+            },
+        )
+        .expect("the batch is answered, not timed out as a whole");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let done = r
+        .results
+        .iter()
+        .take_while(|i| i.signature.is_some())
+        .count();
+    assert!(done > 0, "some items are signed before the limit");
+    assert!(done < 1024, "swtpm cannot sign 1024 digests in 0.9 s");
+    for item in &r.results[done..] {
+        let e = item.err.as_ref().expect("unreached items fail");
+        assert_eq!(e.code, "backend_unavailable");
+        assert!(e.message.contains("batch time limit"), "{}", e.message);
+    }
+    let key = rsa_public(&c, "machine-sign");
+    for (i, item) in r.results[..done].iter().enumerate() {
+        verify_pkcs1(&key, &digests[i], item.signature.as_ref().unwrap());
+    }
+}
