@@ -315,6 +315,25 @@ fn write_output(path: &PathBuf, data: &[u8]) -> Out {
     Ok(())
 }
 
+/// Reads an input, decoding base64/base64url when `base64` is set.
+fn read_binary(path: &PathBuf, base64: bool) -> Result<Vec<u8>, Failure> {
+    let raw = read_input(path)?;
+    if base64 {
+        b64_decode(&raw)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Writes an output, as base64url without padding when `base64` is set.
+fn write_binary(path: &PathBuf, data: &[u8], base64: bool) -> Out {
+    if base64 {
+        write_output(path, b64url(data).as_bytes())
+    } else {
+        write_output(path, data)
+    }
+}
+
 fn hex_arg(s: &str, what: &str) -> Result<Vec<u8>, Failure> {
     hex::decode(s.replace(':', "")).map_err(|_| Failure::Usage(format!("{what}: not hex")))
 }
@@ -546,15 +565,12 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
                     "{}",
                     json!({"envelope": b64url(&r.envelope), "thumbprint": hex::encode(&r.thumbprint), "version": r.version})
                 );
-            } else if base64 {
-                write_output(&io.output, b64url(&r.envelope).as_bytes())?;
             } else {
-                write_output(&io.output, &r.envelope)?;
+                write_binary(&io.output, &r.envelope, base64)?;
             }
         }
         Cmd::Envelope(EnvelopeCmd::Open { name, io, base64 }) => {
-            let raw = read_input(&io.input)?;
-            let envelope = if base64 { b64_decode(&raw)? } else { raw };
+            let envelope = read_binary(&io.input, base64)?;
             let r: PlaintextResult = c.call(
                 names::ENVELOPE_OPEN,
                 &OpenArgs {
@@ -571,8 +587,7 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
             to_pem,
             base64,
         } => {
-            let raw = read_input(&io.input)?;
-            let input = if base64 { b64_decode(&raw)? } else { raw };
+            let input = read_binary(&io.input, base64)?;
             let r: RewrapResult = c.call(
                 names::REWRAP,
                 &RewrapArgs {
@@ -587,10 +602,8 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
                     "{}",
                     json!({"form": r.form, "output": b64url(&r.output), "thumbprint": hex::encode(&r.thumbprint), "version": r.version})
                 );
-            } else if base64 {
-                write_output(&io.output, b64url(&r.output).as_bytes())?;
             } else {
-                write_output(&io.output, &r.output)?;
+                write_binary(&io.output, &r.output, base64)?;
             }
         }
     }
