@@ -482,16 +482,14 @@ fn main() {
 }
 
 fn rate(r: f64) -> String {
-    let n = r.round() as u64;
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    format!("{out}/s")
+    let s = (r.round() as u64).to_string();
+    let mut groups: Vec<&str> = s
+        .as_bytes()
+        .rchunks(3)
+        .map(|g| std::str::from_utf8(g).unwrap_or("?"))
+        .collect();
+    groups.reverse();
+    format!("{}/s", groups.join(","))
 }
 
 fn today() -> String {
