@@ -522,10 +522,16 @@ fn tpm_down_is_unavailable_quickly_and_recovers_without_new_backend() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("swtpm");
     let mut tpm = Swtpm::start(&dir);
-    let timeout = Duration::from_secs(2);
+    // Keys are created with a generous timeout: RSA key generation on swtpm can take seconds
+    // while the other tests load the machine. The short timeout is for the outage itself.
+    let (def_ref, def_pub, mosip_ref, mosip_pub) = {
+        let setup = backend(&tpm.tcti, Duration::from_secs(60));
+        let (def_ref, def_pub) = create(&setup, KeyKind::Rsa2048Sign, Template::Default);
+        let (mosip_ref, mosip_pub) = create(&setup, KeyKind::Rsa2048Sign, Template::Mosip);
+        (def_ref, def_pub, mosip_ref, mosip_pub)
+    };
+    let timeout = Duration::from_secs(5);
     let b = backend(&tpm.tcti, timeout);
-    let (def_ref, def_pub) = create(&b, KeyKind::Rsa2048Sign, Template::Default);
-    let (mosip_ref, mosip_pub) = create(&b, KeyKind::Rsa2048Sign, Template::Mosip);
     let data = b"data";
     let d = sha256(data);
     b.sign(&mosip_ref, &d, SignScheme::Pkcs1v15)

@@ -133,6 +133,10 @@ pub enum SignScheme {
     Pss,
 }
 
+/// Longest wait for a backend to generate a key: RSA key generation on a TPM can take up to a
+/// minute, far longer than the operation timeout meant for signatures and decryptions.
+pub const KEYGEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// What the registry needs to create a key version in a backend.
 #[derive(Clone, Debug)]
 pub struct NewKey<'a> {

@@ -68,7 +68,9 @@ pub async fn create(ctx: &mut Ctx, req: &Request) -> OpResult {
         validity_days: a.validity_days,
         pre_expire_days: a.pre_expire_days,
     };
-    let rec = ctx.blocking(move |app| app.keys.create(&spec)).await?;
+    let rec = ctx
+        .blocking_keygen(move |app| app.keys.create(&spec))
+        .await?;
     ctx.version = rec.current().map(|v| v.version);
     encode(&info(&rec))
 }
@@ -101,7 +103,9 @@ pub async fn show(ctx: &mut Ctx, req: &Request) -> OpResult {
 pub async fn rotate(ctx: &mut Ctx, req: &Request) -> OpResult {
     let a: KeyNameArgs = req.args()?;
     ctx.authorize(Some(&a.name))?;
-    let rec = ctx.blocking(move |app| app.keys.rotate(&a.name)).await?;
+    let rec = ctx
+        .blocking_keygen(move |app| app.keys.rotate(&a.name))
+        .await?;
     ctx.version = rec.current().map(|v| v.version);
     encode(&info(&rec))
 }

@@ -71,8 +71,32 @@ impl Ctx {
         F: FnOnce(&App) -> Result<T, OpError> + Send + 'static,
         T: Send + 'static,
     {
+        let limit = self.app.config.server.op_timeout();
+        self.blocking_within(limit, f).await
+    }
+
+    /// Like [`Ctx::blocking`] for operations that generate keys (`keys.create`, `keys.rotate`):
+    /// bounded by [`crate::backend::KEYGEN_TIMEOUT`] if that is longer than the op timeout.
+    pub async fn blocking_keygen<T, F>(&self, f: F) -> Result<T, OpError>
+    where
+        F: FnOnce(&App) -> Result<T, OpError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let limit = self
+            .app
+            .config
+            .server
+            .op_timeout()
+            .max(crate::backend::KEYGEN_TIMEOUT);
+        self.blocking_within(limit, f).await
+    }
+
+    async fn blocking_within<T, F>(&self, limit: std::time::Duration, f: F) -> Result<T, OpError>
+    where
+        F: FnOnce(&App) -> Result<T, OpError> + Send + 'static,
+        T: Send + 'static,
+    {
         let app = self.app.clone();
-        let limit = app.config.server.op_timeout();
         let task = tokio::task::spawn_blocking(move || f(&app));
         match tokio::time::timeout(limit, task).await {
             Ok(Ok(r)) => r,

@@ -147,7 +147,16 @@ impl TpmBackend {
         R: Send + 'static,
         F: FnOnce(&mut Worker) -> Result<R, BackendError> + Send + 'static,
     {
-        let deadline = Instant::now() + self.cfg.op_timeout;
+        self.call_within(what, self.cfg.op_timeout, f)
+    }
+
+    /// Runs `f` on the worker and waits at most `limit` for its answer.
+    fn call_within<R, F>(&self, what: &str, limit: Duration, f: F) -> Result<R, BackendError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Worker) -> Result<R, BackendError> + Send + 'static,
+    {
+        let deadline = Instant::now() + limit;
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         let job = Box::new(move |w: &mut Worker| {
             let _ = reply_tx.send(f(w));
@@ -158,11 +167,11 @@ impl TpmBackend {
                 self.cfg.tcti
             ))
         })?;
-        match reply_rx.recv_timeout(self.cfg.op_timeout) {
+        match reply_rx.recv_timeout(limit) {
             Ok(r) => r,
             Err(mpsc::RecvTimeoutError::Timeout) => Err(BackendError::Unavailable(format!(
-                "TPM {what} timed out after {:?} ({})",
-                self.cfg.op_timeout, self.cfg.tcti
+                "TPM {what} timed out after {limit:?} ({})",
+                self.cfg.tcti
             ))),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(BackendError::Unavailable(format!(
                 "TPM {what} dropped by the worker ({})",
@@ -202,7 +211,10 @@ impl Backend for TpmBackend {
 
     fn create(&self, spec: &NewKey<'_>) -> Result<CreatedKey, BackendError> {
         let (kind, template, base) = (spec.kind, spec.template, self.cfg.persistent_base);
-        self.call("create", move |w| w.op_create(kind, template, base))
+        // RSA key generation takes seconds on a TPM (up to a minute on some): not bound by the
+        // short per-operation timeout meant for signatures.
+        let limit = self.cfg.op_timeout.max(crate::backend::KEYGEN_TIMEOUT);
+        self.call_within("create", limit, move |w| w.op_create(kind, template, base))
     }
 
     fn public_key(&self, backend_ref: &str, kind: KeyKind) -> Result<PublicKeyInfo, BackendError> {
