@@ -266,6 +266,9 @@ pub struct Hsm {
 }
 
 /// The SoftHSM2 PKCS#11 module.
+/// libfaketime's multi-threaded preload library (Debian package `faketime`).
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 impl Hsm {
@@ -601,6 +604,19 @@ impl Daemon {
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Moves the daemon's clock (only the daemon process) by `offset`, e.g. `"+30h"` or
+    /// `"+1200d"`, from its next start on, with libfaketime (installed by `make deps`). The
+    /// monotonic clock is left alone so timeouts behave.
+    pub fn shift_clock(&mut self, offset: &str) {
+        assert!(
+            Path::new(FAKETIME_LIB).exists(),
+            "{FAKETIME_LIB} missing: run `make deps` (installs faketime)"
+        );
+        self.set_env("LD_PRELOAD", FAKETIME_LIB);
+        self.set_env("FAKETIME", offset);
+        self.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     }
 
     /// Removes an environment variable for the next start of the daemon.

@@ -1400,11 +1400,7 @@ fn expiry_policy_validity_and_key_expired() {
 
     // Two days later for the daemon process only (libfaketime, installed by `make deps`): both
     // keys are past not_after − pre_expire. The daemon's own clock logic decides.
-    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-    assert!(Path::new(lib).exists(), "{lib} missing: run `make deps`");
-    d.set_env("LD_PRELOAD", lib);
-    d.set_env("FAKETIME", "+49h");
-    d.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    d.shift_clock("+49h");
     d.restart();
     cli_err(
         &d,
@@ -2288,8 +2284,6 @@ fn rewrap_to_external_key_is_a_right_of_its_own() {
 /// A request with the wrong kind of key fails before any automatic rotation could happen.
 #[test]
 fn wrong_kind_does_not_rotate_an_expired_key() {
-    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-    assert!(Path::new(lib).exists(), "{lib} missing: run `make deps`");
     let mut d = DaemonBuilder::new()
         .with_hsm()
         .extra("[keys.defaults]\nauto_rotate = true\n")
@@ -2310,9 +2304,7 @@ fn wrong_kind_does_not_rotate_an_expired_key() {
             "1",
         ],
     );
-    d.set_env("LD_PRELOAD", lib);
-    d.set_env("FAKETIME", "+30h");
-    d.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    d.shift_clock("+30h");
     d.restart();
     let data = write(&d, "data", b"x");
     cli_err(&d, &["sign", "enc", "--in", p(&data)], ErrorCode::WrongKind);
