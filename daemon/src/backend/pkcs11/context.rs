@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -14,19 +13,24 @@ use cryptoki::error::{Error, RvError};
 
 static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
 
-/// Sessions counted by every pool of the process (open, idle, or being opened).
-static LIVE_SESSIONS: AtomicUsize = AtomicUsize::new(0);
+/// Sessions counted by every pool of the process (open, idle, or being opened). A mutex, not an
+/// atomic: [`reinitialize`] holds it from its check to the end of `C_Initialize`, so no pool can
+/// start a session in between.
+static LIVE_SESSIONS: Mutex<usize> = Mutex::new(0);
 
-/// Records `n` more sessions counted by a pool.
+fn live() -> std::sync::MutexGuard<'static, usize> {
+    LIVE_SESSIONS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Records `n` more sessions counted by a pool (waits while a re-initialisation runs).
 pub(crate) fn sessions_added(n: usize) {
-    LIVE_SESSIONS.fetch_add(n, Ordering::SeqCst);
+    *live() += n;
 }
 
 /// Records `n` fewer sessions counted by a pool.
 pub(crate) fn sessions_removed(n: usize) {
-    let _ = LIVE_SESSIONS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-        Some(v.saturating_sub(n))
-    });
+    let mut l = live();
+    *l = l.saturating_sub(n);
 }
 
 /// Re-initialises the module (`C_Finalize` then `C_Initialize`) so that it re-reads its tokens —
@@ -34,11 +38,13 @@ pub(crate) fn sessions_removed(n: usize) {
 /// caller's own session-being-opened is the only one in the process, because finalising
 /// invalidates every session and object handle; returns false (doing nothing) otherwise.
 pub(crate) fn reinitialize(module: &Path) -> Result<bool, Error> {
-    let map = CONTEXTS.get_or_init(|| Mutex::new(HashMap::new()));
-    let contexts = map.lock().unwrap_or_else(PoisonError::into_inner);
-    if LIVE_SESSIONS.load(Ordering::SeqCst) > 1 {
+    // Held until the module is initialised again: no session can be counted (and opened) meanwhile.
+    let live = live();
+    if *live > 1 {
         return Ok(false);
     }
+    let map = CONTEXTS.get_or_init(|| Mutex::new(HashMap::new()));
+    let contexts = map.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(ctx) = contexts.get(module) else {
         return Ok(false);
     };
