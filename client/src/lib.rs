@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use custody_proto::ops::{names, HelloArgs, HelloResult};
+use custody_proto::ops::*;
 use custody_proto::{frame, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -94,14 +94,11 @@ impl Client {
             },
             reader,
         };
-        let hello: HelloResult = client
-            .call(
-                names::HELLO,
-                &HelloArgs {
-                    version: PROTOCOL_VERSION,
-                    client: Some(concat!("custody-client ", env!("CARGO_PKG_VERSION")).into()),
-                },
-            )
+        let hello = client
+            .call::<Hello>(&HelloArgs {
+                version: PROTOCOL_VERSION,
+                client: Some(concat!("custody-client ", env!("CARGO_PKG_VERSION")).into()),
+            })
             .await?;
         client.max_frame = hello.max_frame;
         client.hello = hello;
@@ -113,8 +110,15 @@ impl Client {
         &self.hello
     }
 
-    /// Sends one request and waits for its response; other calls may be in flight meanwhile.
-    pub async fn call<A: Serialize, R: DeserializeOwned>(
+    /// Sends one request of op `O` and waits for its typed result; other calls may be in flight
+    /// meanwhile. The per-op methods ([`Client::sign`], …) are this with the op fixed.
+    pub async fn call<O: Op>(&self, args: &O::Args) -> Result<O::Result, ClientError> {
+        self.call_untyped(O::NAME, args).await
+    }
+
+    /// Sends a request with any op name and argument type (for tests and tools that speak to
+    /// the protocol below the typed layer); the result is decoded as `R`.
+    pub async fn call_untyped<A: Serialize, R: DeserializeOwned>(
         &self,
         op: &str,
         args: &A,
@@ -123,7 +127,7 @@ impl Client {
         resp.into_result().map_err(ClientError::Server)
     }
 
-    /// Like [`Client::call`] but returns the raw response.
+    /// Like [`Client::call_untyped`] but returns the raw response.
     pub async fn call_raw<A: Serialize>(
         &self,
         op: &str,
@@ -218,13 +222,18 @@ impl BlockingClient {
         Ok(BlockingClient { rt, inner })
     }
 
-    /// Sends one request and waits for the typed result.
-    pub fn call<A: Serialize, R: DeserializeOwned>(
+    /// Sends one request of op `O` and waits for its typed result.
+    pub fn call<O: Op>(&self, args: &O::Args) -> Result<O::Result, ClientError> {
+        self.rt.block_on(self.inner.call::<O>(args))
+    }
+
+    /// Sends a request with any op name and argument type; see [`Client::call_untyped`].
+    pub fn call_untyped<A: Serialize, R: DeserializeOwned>(
         &self,
         op: &str,
         args: &A,
     ) -> Result<R, ClientError> {
-        self.rt.block_on(self.inner.call(op, args))
+        self.rt.block_on(self.inner.call_untyped(op, args))
     }
 
     /// The async client underneath.
@@ -232,3 +241,29 @@ impl BlockingClient {
         &self.inner
     }
 }
+
+/// One typed method per operation, generated from the op list in `custody_proto`.
+macro_rules! client_methods {
+    ($( ($ty:ident, $method:ident, $cname:ident, $name:literal, $args:ty, $res:ty,
+         |$a:ident| $access:expr); )*) => {
+        impl Client {
+            $(
+                #[doc = concat!("`", $name, "`.")]
+                pub async fn $method(&self, args: &$args) -> Result<$res, ClientError> {
+                    self.call::<$ty>(args).await
+                }
+            )*
+        }
+
+        impl BlockingClient {
+            $(
+                #[doc = concat!("`", $name, "`.")]
+                pub fn $method(&self, args: &$args) -> Result<$res, ClientError> {
+                    self.call::<$ty>(args)
+                }
+            )*
+        }
+    };
+}
+
+custody_proto::for_each_op!(client_methods);
