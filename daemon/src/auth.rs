@@ -159,6 +159,12 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+impl From<Denied> for crate::error::OpError {
+    fn from(e: Denied) -> Self {
+        crate::error::OpError::new(custody_proto::ErrorCode::PermissionDenied, e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::backend::pkcs11::OaepMode;
+use crate::backend::{validate_key_name, BackendKind, KeyKind, Template};
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,15 +141,12 @@ pub struct Pkcs11Section {
     #[serde(default = "default_sessions")]
     pub max_sessions: usize,
     /// `auto` (probe), `token` or `software` OAEP-SHA256 decoding.
-    #[serde(default = "default_oaep")]
-    pub oaep: String,
+    #[serde(default)]
+    pub oaep: OaepMode,
 }
 
 fn default_sessions() -> usize {
     8
-}
-fn default_oaep() -> String {
-    "auto".into()
 }
 
 /// `[keys]`.
@@ -189,14 +189,14 @@ impl Default for KeyPolicy {
 pub struct DeclaredKey {
     /// Key name.
     pub name: String,
-    /// Kind name.
-    pub kind: String,
-    /// Backend name.
-    pub backend: String,
-    /// Template name (`default`, `mosip`).
+    /// Kind.
+    pub kind: KeyKind,
+    /// Backend (`wrapped` is accepted as the old name of `software`).
+    pub backend: BackendKind,
+    /// Template (`default`, `mosip`).
     #[serde(default)]
-    pub template: Option<String>,
-    /// Master key for the `wrapped` backend.
+    pub template: Template,
+    /// Master key for the `software` backend.
     #[serde(default)]
     pub master: Option<String>,
     /// Overrides `keys.defaults.validity_days`.
@@ -328,12 +328,6 @@ impl Config {
                     "one of `pin_file` or `pin_env` is required".into(),
                 ));
             }
-            if !matches!(p.oaep.as_str(), "auto" | "token" | "software") {
-                return Err(bad(
-                    "pkcs11.oaep",
-                    format!("`{}` is not one of auto, token, software", p.oaep),
-                ));
-            }
             if p.max_sessions == 0 {
                 return Err(bad("pkcs11.max_sessions", "must be greater than 0".into()));
             }
@@ -347,21 +341,12 @@ impl Config {
         }
         for (i, k) in self.keys.declare.iter().enumerate() {
             let key = |f: &str| format!("keys.declare[{i}].{f}");
-            crate::keys::validate_name(&k.name).map_err(|m| bad(&key("name"), m))?;
-            if crate::backend::KeyKind::parse(&k.kind).is_none() {
-                return Err(bad(&key("kind"), format!("unknown kind `{}`", k.kind)));
-            }
-            match crate::backend::BackendKind::parse(&k.backend) {
-                None => {
-                    return Err(bad(
-                        &key("backend"),
-                        format!("unknown backend `{}`", k.backend),
-                    ))
-                }
-                Some(crate::backend::BackendKind::Tpm) if self.tpm.is_none() => {
+            validate_key_name(&k.name).map_err(|m| bad(&key("name"), m))?;
+            match k.backend {
+                BackendKind::Tpm if self.tpm.is_none() => {
                     return Err(bad(&key("backend"), "no [tpm] section configured".into()))
                 }
-                Some(crate::backend::BackendKind::Pkcs11) if self.pkcs11.is_none() => {
+                BackendKind::Pkcs11 if self.pkcs11.is_none() => {
                     return Err(bad(
                         &key("backend"),
                         "no [pkcs11] section configured".into(),
@@ -369,10 +354,11 @@ impl Config {
                 }
                 _ => {}
             }
-            if let Some(t) = &k.template {
-                if crate::backend::Template::parse(t).is_none() {
-                    return Err(bad(&key("template"), format!("unknown template `{t}`")));
-                }
+            if !k.backend.kinds().contains(&k.kind) {
+                return Err(bad(
+                    &key("kind"),
+                    format!("the {} backend does not hold {} keys", k.backend, k.kind),
+                ));
             }
         }
         for (i, r) in self.roles.iter().enumerate() {
@@ -431,6 +417,42 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("keys.declare[0].backend"), "{e}");
+    }
+
+    #[test]
+    fn enums_parse_once_and_name_the_allowed_values() {
+        let e = Config::parse(
+            &format!("{MIN}[[keys.declare]]\nname=\"a\"\nkind=\"rsa4096\"\nbackend=\"pkcs11\"\n"),
+            Path::new("/etc/c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("/etc/c.toml") && e.contains("kind") && e.contains("rsa2048-sign"),
+            "{e}"
+        );
+        let e = Config::parse(
+            &format!("{MIN}[pkcs11]\nmodule=\"/m.so\"\ntoken_label=\"t\"\npin_env=\"P\"\noaep=\"tokn\"\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("oaep") && e.contains("software"), "{e}");
+        let c = Config::parse(
+            &format!("{MIN}[pkcs11]\nmodule=\"/m.so\"\ntoken_label=\"t\"\npin_env=\"P\"\n\
+                      [[keys.declare]]\nname=\"m\"\nkind=\"aes256\"\nbackend=\"pkcs11\"\n\
+                      [[keys.declare]]\nname=\"d\"\nkind=\"aes256\"\nbackend=\"wrapped\"\nmaster=\"m\"\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.keys.declare[1].backend, BackendKind::Software);
+        let e = Config::parse(
+            &format!("{MIN}[tpm]\ntcti=\"x\"\n[[keys.declare]]\nname=\"a\"\nkind=\"aes256\"\nbackend=\"tpm\"\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("keys.declare[0].kind"), "{e}");
     }
 
     #[test]

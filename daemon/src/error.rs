@@ -59,9 +59,3 @@ impl From<BackendError> for OpError {
         OpError::new(code, e.to_string())
     }
 }
-
-impl From<crate::auth::Denied> for OpError {
-    fn from(e: crate::auth::Denied) -> Self {
-        OpError::new(ErrorCode::PermissionDenied, e.to_string())
-    }
-}

@@ -8,7 +8,8 @@ use crate::auth::Policy;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use crate::backend::pkcs11::{OaepMode, Pkcs11Backend, Pkcs11Config};
+use crate::backend::pkcs11::{Pkcs11Backend, Pkcs11Config};
+use crate::backend::software::SoftwareBackend;
 use crate::backend::tpm::{TpmBackend, TpmConfig};
 
 use crate::backend::Backend;
@@ -69,22 +70,18 @@ pub fn backends(cfg: &Config, path: &Path) -> Result<Vec<Arc<dyn Backend>>, Stri
         out.push(Arc::new(TpmBackend::start(tc)));
     }
     if let Some(p) = &cfg.pkcs11 {
-        let oaep = match p.oaep.as_str() {
-            "token" => OaepMode::Token,
-            "software" => OaepMode::Software,
-            _ => OaepMode::Auto,
-        };
         let backend = Pkcs11Backend::start(Pkcs11Config {
             module: p.module.clone(),
             token_label: p.token_label.clone(),
             pin: pin.clone().ok_or("no PIN")?,
             max_sessions: p.max_sessions,
             op_timeout,
-            oaep,
+            oaep: p.oaep,
         })
         .map_err(|e| format!("{}: [pkcs11]: {e}", path.display()))?;
         out.push(Arc::new(backend));
     }
+    out.push(Arc::new(SoftwareBackend));
     Ok(out)
 }
 

@@ -19,7 +19,9 @@ use cryptoki::slot::Slot;
 use custody_daemon::backend::pkcs11::{
     shared_context, OaepHash, OaepMode, OaepPath, Pkcs11Backend, Pkcs11Config,
 };
-use custody_daemon::backend::{Backend, BackendError, KeyKind, NewKey, SignScheme, Template};
+use custody_daemon::backend::{
+    Backend, BackendError, KeyKind, KeyRef, NewKey, SignScheme, Template,
+};
 use rsa::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 use rsa::{Oaep, RsaPublicKey};
 use secrecy::SecretString;
@@ -84,6 +86,7 @@ fn new_key<'a>(name: &'a str, kind: KeyKind) -> NewKey<'a> {
         version: 1,
         kind,
         template: Template::Default,
+        master: None,
     }
 }
 
@@ -145,7 +148,7 @@ fn sign_pkcs1_and_pss_verify_with_openssl() {
     for scheme in [SignScheme::Pkcs1v15, SignScheme::Pss] {
         let sig = f
             .backend
-            .sign(&key.backend_ref, &digest, scheme)
+            .sign(&KeyRef::object(&key.backend_ref), &digest, scheme)
             .expect("sign");
         assert_eq!(sig.len(), 256);
         std::fs::write(tmp.path().join("sig"), &sig).expect("write");
@@ -178,34 +181,38 @@ fn sign_pkcs1_and_pss_verify_with_openssl() {
         let other: [u8; 32] = Sha256::digest(b"other").into();
         let sig2 = f
             .backend
-            .sign(&key.backend_ref, &other, scheme)
+            .sign(&KeyRef::object(&key.backend_ref), &other, scheme)
             .expect("sign");
         std::fs::write(tmp.path().join("sig"), &sig2).expect("write");
         assert!(!run(&mut cmd).status.success());
     }
     // Wrong kinds and references.
     assert!(matches!(
-        f.backend.decrypt_oaep(&key.backend_ref, &[0u8; 256], b""),
+        f.backend
+            .decrypt_oaep(&KeyRef::object(&key.backend_ref), &[0u8; 256], b""),
         Err(BackendError::Unsupported(_))
     ));
     assert!(matches!(
-        f.backend.wrap_secret(&key.backend_ref, b"x"),
+        f.backend
+            .wrap_secret(&KeyRef::object(&key.backend_ref), b"x", b"aad"),
         Err(BackendError::Unsupported(_))
     ));
     assert!(matches!(
         f.backend.sign(
-            "id:00112233445566778899aabbccddeeff",
+            &KeyRef::object("id:00112233445566778899aabbccddeeff"),
             &digest,
             SignScheme::Pss
         ),
         Err(BackendError::NotFound(_))
     ));
     assert!(matches!(
-        f.backend.sign("tpm:0x81010010", &digest, SignScheme::Pss),
+        f.backend
+            .sign(&KeyRef::object("tpm:0x81010010"), &digest, SignScheme::Pss),
         Err(BackendError::BadInput(_))
     ));
     assert!(matches!(
-        f.backend.public_key(&key.backend_ref, KeyKind::Aes256),
+        f.backend
+            .public_key(&KeyRef::object(&key.backend_ref), KeyKind::Aes256),
         Err(BackendError::Unsupported(_))
     ));
 }
@@ -265,34 +272,41 @@ fn oaep_decrypts_openssl_ciphertexts_on_both_paths() {
     // 1. MOSIP's envelope: SHA-256, empty label, through decrypt_oaep (Auto → software path).
     let ct = openssl_encrypt(&pub_pem, msg, "sha256", None);
     assert_eq!(
-        &f.backend.decrypt_oaep(r, &ct, b"").expect("decrypt")[..],
+        &f.backend
+            .decrypt_oaep(&KeyRef::object(r), &ct, b"")
+            .expect("decrypt")[..],
         msg
     );
     // The registration client's TPM convention: label = one 0x00 byte.
     let ct0 = openssl_encrypt(&pub_pem, msg, "sha256", Some("00"));
     assert_eq!(
-        &f.backend.decrypt_oaep(r, &ct0, b"\0").expect("decrypt")[..],
+        &f.backend
+            .decrypt_oaep(&KeyRef::object(r), &ct0, b"\0")
+            .expect("decrypt")[..],
         msg
     );
     assert!(matches!(
-        f.backend.decrypt_oaep(r, &ct0, b""),
+        f.backend.decrypt_oaep(&KeyRef::object(r), &ct0, b""),
         Err(BackendError::Integrity(_))
     ));
     // Tampered ciphertexts → Integrity; wrong length → BadInput.
     for i in [0usize, 1, 100, 255] {
         let mut bad = ct.clone();
         bad[i] ^= 0x04;
-        match f.backend.decrypt_oaep(r, &bad, b"") {
+        match f.backend.decrypt_oaep(&KeyRef::object(r), &bad, b"") {
             Err(BackendError::Integrity(_)) => {}
             other => panic!("tampered byte {i}: {other:?}"),
         }
     }
     assert!(matches!(
-        f.backend.decrypt_oaep(r, &ct[..255], b""),
+        f.backend.decrypt_oaep(&KeyRef::object(r), &ct[..255], b""),
         Err(BackendError::BadInput(_))
     ));
     // A ciphertext not below the modulus.
-    match f.backend.decrypt_oaep(r, &[0xffu8; 256], b"") {
+    match f
+        .backend
+        .decrypt_oaep(&KeyRef::object(r), &[0xffu8; 256], b"")
+    {
         Err(BackendError::Integrity(_)) => {}
         other => panic!("ciphertext >= modulus: {other:?}"),
     }
@@ -308,12 +322,22 @@ fn oaep_decrypts_openssl_ciphertexts_on_both_paths() {
         let ct1 = openssl_encrypt(&pub_pem, msg, "sha1", label);
         let soft = f
             .backend
-            .decrypt_oaep_with(r, &ct1, &label_bytes, OaepHash::Sha1, OaepPath::Software)
+            .decrypt_oaep_with(
+                &KeyRef::object(r),
+                &ct1,
+                &label_bytes,
+                OaepHash::Sha1,
+                OaepPath::Software,
+            )
             .expect("software path");
         assert_eq!(&soft[..], msg);
-        let token =
-            f.backend
-                .decrypt_oaep_with(r, &ct1, &label_bytes, OaepHash::Sha1, OaepPath::Token);
+        let token = f.backend.decrypt_oaep_with(
+            &KeyRef::object(r),
+            &ct1,
+            &label_bytes,
+            OaepHash::Sha1,
+            OaepPath::Token,
+        );
         if label_bytes.is_empty() {
             assert_eq!(token.expect("token path"), soft);
         } else {
@@ -330,10 +354,13 @@ fn oaep_decrypts_openssl_ciphertexts_on_both_paths() {
             &[OaepPath::Software]
         };
         for path in paths {
-            match f
-                .backend
-                .decrypt_oaep_with(r, &bad, &label_bytes, OaepHash::Sha1, *path)
-            {
+            match f.backend.decrypt_oaep_with(
+                &KeyRef::object(r),
+                &bad,
+                &label_bytes,
+                OaepHash::Sha1,
+                *path,
+            ) {
                 Err(BackendError::Integrity(_)) => {}
                 other => panic!("tampered SHA-1 on {path:?}: {other:?}"),
             }
@@ -349,7 +376,7 @@ fn oaep_decrypts_openssl_ciphertexts_on_both_paths() {
         for path in [OaepPath::Token, OaepPath::Software] {
             let out = f
                 .backend
-                .decrypt_oaep_with(r, &ct1, b"", OaepHash::Sha1, path)
+                .decrypt_oaep_with(&KeyRef::object(r), &ct1, b"", OaepHash::Sha1, path)
                 .expect("decrypt");
             assert_eq!(&out[..], &pt[..], "{path:?} len {len}");
         }
@@ -357,23 +384,31 @@ fn oaep_decrypts_openssl_ciphertexts_on_both_paths() {
 
     // 3. SHA-256 on the token path: a clear Unsupported, not garbage — both as an explicit path
     // and from a backend configured with mode Token.
-    match f
-        .backend
-        .decrypt_oaep_with(r, &ct, b"", OaepHash::Sha256, OaepPath::Token)
-    {
+    match f.backend.decrypt_oaep_with(
+        &KeyRef::object(r),
+        &ct,
+        b"",
+        OaepHash::Sha256,
+        OaepPath::Token,
+    ) {
         Err(BackendError::Unsupported(m)) => assert!(m.contains("SHA-256"), "{m}"),
         other => panic!("token SHA-256: {other:?}"),
     }
     let token_mode =
         Pkcs11Backend::start(config("custody", &f.pin, 2, OaepMode::Token)).expect("start");
     assert_eq!(token_mode.oaep_path().expect("path"), OaepPath::Token);
-    match token_mode.decrypt_oaep(r, &ct, b"") {
+    match token_mode.decrypt_oaep(&KeyRef::object(r), &ct, b"") {
         Err(BackendError::Unsupported(m)) => assert!(m.contains("SHA-256"), "{m}"),
         other => panic!("mode Token: {other:?}"),
     }
     let soft_mode =
         Pkcs11Backend::start(config("custody", &f.pin, 2, OaepMode::Software)).expect("start");
-    assert_eq!(&soft_mode.decrypt_oaep(r, &ct, b"").expect("soft")[..], msg);
+    assert_eq!(
+        &soft_mode
+            .decrypt_oaep(&KeyRef::object(r), &ct, b"")
+            .expect("soft")[..],
+        msg
+    );
 }
 
 #[test]
@@ -386,40 +421,65 @@ fn aes_master_wraps_and_is_not_extractable() {
     assert!(master.public.is_none());
     let r = &master.backend_ref;
     for secret in [&b""[..], b"k", &[0x42u8; 32], &[7u8; 1000]] {
-        let blob = f.backend.wrap_secret(r, secret).expect("wrap");
+        let blob = f
+            .backend
+            .wrap_secret(&KeyRef::object(r), secret, b"aad")
+            .expect("wrap");
         assert_eq!(blob.len(), 12 + secret.len() + 16);
         assert_eq!(
-            &f.backend.unwrap_secret(r, &blob).expect("unwrap")[..],
+            &f.backend
+                .unwrap_secret(&KeyRef::object(r), &blob, b"aad")
+                .expect("unwrap")[..],
             secret
         );
         // Fresh IV per wrap.
-        let blob2 = f.backend.wrap_secret(r, secret).expect("wrap");
+        let blob2 = f
+            .backend
+            .wrap_secret(&KeyRef::object(r), secret, b"aad")
+            .expect("wrap");
         assert_ne!(blob[..12], blob2[..12]);
         for i in [0, 11, 12, blob.len() - 1] {
             let mut bad = blob.clone();
             bad[i] ^= 0x10;
-            match f.backend.unwrap_secret(r, &bad) {
+            match f.backend.unwrap_secret(&KeyRef::object(r), &bad, b"aad") {
                 Err(BackendError::Integrity(_)) => {}
                 other => panic!("tampered byte {i}: {other:?}"),
             }
         }
     }
     assert!(matches!(
-        f.backend.unwrap_secret(r, &[0u8; 27]),
+        f.backend
+            .unwrap_secret(&KeyRef::object(r), &[0u8; 27], b"aad"),
         Err(BackendError::BadInput(_))
     ));
     assert!(matches!(
-        f.backend.sign(r, &[0u8; 32], SignScheme::Pkcs1v15),
+        f.backend
+            .sign(&KeyRef::object(r), &[0u8; 32], SignScheme::Pkcs1v15),
         Err(BackendError::Unsupported(_))
     ));
+    // The AAD is authenticated: another AAD (another key version's) or none fails.
+    let blob = f
+        .backend
+        .wrap_secret(&KeyRef::object(r), b"secret", b"aad")
+        .expect("wrap");
+    for aad in [&b""[..], b"aae", b"aad\0"] {
+        assert!(matches!(
+            f.backend.unwrap_secret(&KeyRef::object(r), &blob, aad),
+            Err(BackendError::Integrity(_))
+        ));
+    }
     // Another master cannot unwrap.
     let other = f
         .backend
         .create(&new_key("zk-master-2", KeyKind::Aes256))
         .expect("create");
-    let blob = f.backend.wrap_secret(r, b"secret").expect("wrap");
+    let blob = f
+        .backend
+        .wrap_secret(&KeyRef::object(r), b"secret", b"aad")
+        .expect("wrap");
     assert!(matches!(
-        f.backend.unwrap_secret(&other.backend_ref, &blob),
+        f.backend
+            .unwrap_secret(&KeyRef::object(&other.backend_ref), &blob, b"aad"),
         Err(BackendError::Integrity(_))
     ));
 
@@ -514,28 +574,33 @@ fn destroy_removes_objects() {
         .expect("create");
     let r = &key.backend_ref;
     f.backend
-        .sign(r, &[1u8; 32], SignScheme::Pkcs1v15)
+        .sign(&KeyRef::object(r), &[1u8; 32], SignScheme::Pkcs1v15)
         .expect("sign"); // cached handle
     let before = list_objects(&f.pin);
     assert!(before.contains("custodyd:doomed:v1"), "{before}");
     assert!(before.contains("custodyd:doomed-master:v1"), "{before}");
 
-    f.backend.destroy(r).expect("destroy");
-    f.backend.destroy(&master.backend_ref).expect("destroy");
+    f.backend.destroy(&KeyRef::object(r)).expect("destroy");
+    f.backend
+        .destroy(&KeyRef::object(&master.backend_ref))
+        .expect("destroy");
     assert!(matches!(
-        f.backend.sign(r, &[1u8; 32], SignScheme::Pkcs1v15),
+        f.backend
+            .sign(&KeyRef::object(r), &[1u8; 32], SignScheme::Pkcs1v15),
         Err(BackendError::NotFound(_))
     ));
     assert!(matches!(
-        f.backend.public_key(r, KeyKind::Rsa2048Sign),
+        f.backend
+            .public_key(&KeyRef::object(r), KeyKind::Rsa2048Sign),
         Err(BackendError::NotFound(_))
     ));
     assert!(matches!(
-        f.backend.wrap_secret(&master.backend_ref, b"x"),
+        f.backend
+            .wrap_secret(&KeyRef::object(&master.backend_ref), b"x", b"aad"),
         Err(BackendError::NotFound(_))
     ));
     assert!(matches!(
-        f.backend.destroy(r),
+        f.backend.destroy(&KeyRef::object(r)),
         Err(BackendError::NotFound(_))
     ));
 
@@ -560,13 +625,22 @@ fn destroyed_behind_the_cache_is_not_found() {
         .create(&new_key("stale", KeyKind::Rsa2048Sign))
         .expect("create");
     f.backend
-        .sign(&key.backend_ref, &[2u8; 32], SignScheme::Pss)
+        .sign(
+            &KeyRef::object(&key.backend_ref),
+            &[2u8; 32],
+            SignScheme::Pss,
+        )
         .expect("sign");
     let other = Pkcs11Backend::start(config("custody", &f.pin, 1, OaepMode::Auto)).expect("start");
-    other.destroy(&key.backend_ref).expect("destroy");
+    other
+        .destroy(&KeyRef::object(&key.backend_ref))
+        .expect("destroy");
     assert!(matches!(
-        f.backend
-            .sign(&key.backend_ref, &[2u8; 32], SignScheme::Pss),
+        f.backend.sign(
+            &KeyRef::object(&key.backend_ref),
+            &[2u8; 32],
+            SignScheme::Pss
+        ),
         Err(BackendError::NotFound(_))
     ));
 }
@@ -633,18 +707,24 @@ fn pool_stays_within_bound_under_load() {
                 for i in 0..50usize {
                     let res = match (t + i) % 4 {
                         0 => b
-                            .sign(&sr, &[i as u8; 32], SignScheme::Pkcs1v15)
+                            .sign(&KeyRef::object(&sr), &[i as u8; 32], SignScheme::Pkcs1v15)
                             .map(|_| ()),
-                        1 => b.sign(&sr, &[i as u8; 32], SignScheme::Pss).map(|_| ()),
-                        2 => b.decrypt_oaep(&dr, &ct, b"").and_then(|pt| {
-                            (&pt[..] == b"pool secret")
-                                .then_some(())
-                                .ok_or(BackendError::Internal("wrong plaintext".into()))
-                        }),
-                        _ => b.wrap_secret(&mr, &[i as u8; 32]).and_then(|blob| {
-                            b.unwrap_secret(&mr, &blob)
-                                .map(|pt| assert_eq!(pt[0], i as u8))
-                        }),
+                        1 => b
+                            .sign(&KeyRef::object(&sr), &[i as u8; 32], SignScheme::Pss)
+                            .map(|_| ()),
+                        2 => b
+                            .decrypt_oaep(&KeyRef::object(&dr), &ct, b"")
+                            .and_then(|pt| {
+                                (&pt[..] == b"pool secret")
+                                    .then_some(())
+                                    .ok_or(BackendError::Internal("wrong plaintext".into()))
+                            }),
+                        _ => b
+                            .wrap_secret(&KeyRef::object(&mr), &[i as u8; 32], b"aad")
+                            .and_then(|blob| {
+                                b.unwrap_secret(&KeyRef::object(&mr), &blob, b"aad")
+                                    .map(|pt| assert_eq!(pt[0], i as u8))
+                            }),
                     };
                     res.map_err(|e| format!("thread {t} op {i}: {e}"))?;
                 }
@@ -706,7 +786,11 @@ fn pool_exhaustion_times_out_with_unavailable() {
     let mut exhausted = None;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && !holder.is_finished() {
-        match backend.sign(&key.backend_ref, &[0u8; 32], SignScheme::Pss) {
+        match backend.sign(
+            &KeyRef::object(&key.backend_ref),
+            &[0u8; 32],
+            SignScheme::Pss,
+        ) {
             Err(BackendError::Unavailable(m)) => {
                 exhausted = Some(m);
                 break;
@@ -733,7 +817,11 @@ fn logged_out_sessions_are_replaced() {
         .create(&new_key("recover-master", KeyKind::Aes256))
         .expect("create");
     backend
-        .sign(&key.backend_ref, &[3u8; 32], SignScheme::Pkcs1v15)
+        .sign(
+            &KeyRef::object(&key.backend_ref),
+            &[3u8; 32],
+            SignScheme::Pkcs1v15,
+        )
         .expect("sign");
     let before = backend.pool_stats();
 
@@ -745,14 +833,18 @@ fn logged_out_sessions_are_replaced() {
         s.logout().expect("logout");
         drop(s);
         backend
-            .sign(&key.backend_ref, &[3u8; 32], SignScheme::Pkcs1v15)
+            .sign(
+                &KeyRef::object(&key.backend_ref),
+                &[3u8; 32],
+                SignScheme::Pkcs1v15,
+            )
             .unwrap_or_else(|e| panic!("round {round}: sign after logout: {e}"));
         let blob = backend
-            .wrap_secret(&master.backend_ref, b"still works")
+            .wrap_secret(&KeyRef::object(&master.backend_ref), b"still works", b"aad")
             .expect("wrap");
         assert_eq!(
             &backend
-                .unwrap_secret(&master.backend_ref, &blob)
+                .unwrap_secret(&KeyRef::object(&master.backend_ref), &blob, b"aad")
                 .expect("unwrap")[..],
             b"still works"
         );
@@ -777,7 +869,7 @@ fn token_appearing_later_recovers_from_unavailable() {
     }
     assert!(matches!(
         backend.sign(
-            "id:00112233445566778899aabbccddeeff",
+            &KeyRef::object("id:00112233445566778899aabbccddeeff"),
             &[0; 32],
             SignScheme::Pss
         ),
@@ -793,7 +885,11 @@ fn token_appearing_later_recovers_from_unavailable() {
             .create(&new_key("later-sign", KeyKind::Rsa2048Sign))
             .expect("create after the token appeared");
         backend
-            .sign(&key.backend_ref, &[5u8; 32], SignScheme::Pkcs1v15)
+            .sign(
+                &KeyRef::object(&key.backend_ref),
+                &[5u8; 32],
+                SignScheme::Pkcs1v15,
+            )
             .expect("sign");
     } else {
         // SoftHSM 2.6.1 reads its token directory only at C_Initialize: this process keeps
@@ -857,7 +953,7 @@ fn child_process_uses_token() {
         }
     };
     backend
-        .sign(&r, &[6u8; 32], SignScheme::Pkcs1v15)
+        .sign(&KeyRef::object(&r), &[6u8; 32], SignScheme::Pkcs1v15)
         .expect("child sign");
     println!("CHILD OK {label} {r}");
 }
@@ -870,7 +966,9 @@ fn public_keys_are_stable_across_backends() {
         let k = f.backend.create(&new_key("stable", kind)).expect("create");
         let public = k.public.clone().expect("public");
         assert_eq!(
-            f.backend.public_key(&k.backend_ref, kind).expect("pk"),
+            f.backend
+                .public_key(&KeyRef::object(&k.backend_ref), kind)
+                .expect("pk"),
             public
         );
         created.push((kind, k.backend_ref, public));
@@ -880,15 +978,26 @@ fn public_keys_are_stable_across_backends() {
     let second = Pkcs11Backend::start(config("custody", &f.pin, 2, OaepMode::Auto)).expect("start");
     assert_eq!(second.cached_handles(), 0);
     for (kind, r, public) in &created {
-        assert_eq!(&second.public_key(r, *kind).expect("pk"), public);
+        assert_eq!(
+            &second.public_key(&KeyRef::object(r), *kind).expect("pk"),
+            public
+        );
     }
     let digest = [9u8; 32];
     let s1 = f
         .backend
-        .sign(&created[0].1, &digest, SignScheme::Pkcs1v15)
+        .sign(
+            &KeyRef::object(&created[0].1),
+            &digest,
+            SignScheme::Pkcs1v15,
+        )
         .expect("sign");
     let s2 = second
-        .sign(&created[0].1, &digest, SignScheme::Pkcs1v15)
+        .sign(
+            &KeyRef::object(&created[0].1),
+            &digest,
+            SignScheme::Pkcs1v15,
+        )
         .expect("sign");
     assert_eq!(s1, s2, "PKCS#1 v1.5 is deterministic: same key");
 }
@@ -921,7 +1030,7 @@ fn rates() {
     let secret = [0x11u8; 32];
     let blob = f
         .backend
-        .wrap_secret(&master.backend_ref, &secret)
+        .wrap_secret(&KeyRef::object(&master.backend_ref), &secret, b"aad")
         .expect("wrap");
     let b = &f.backend;
     type Op<'a> = Box<dyn Fn() + Sync + 'a>;
@@ -929,34 +1038,50 @@ fn rates() {
         (
             "sign pkcs1v15",
             Box::new(|| {
-                b.sign(&sign.backend_ref, &[1; 32], SignScheme::Pkcs1v15)
-                    .expect("sign");
+                b.sign(
+                    &KeyRef::object(&sign.backend_ref),
+                    &[1; 32],
+                    SignScheme::Pkcs1v15,
+                )
+                .expect("sign");
             }),
         ),
         (
             "sign pss",
             Box::new(|| {
-                b.sign(&sign.backend_ref, &[1; 32], SignScheme::Pss)
-                    .expect("sign");
+                b.sign(
+                    &KeyRef::object(&sign.backend_ref),
+                    &[1; 32],
+                    SignScheme::Pss,
+                )
+                .expect("sign");
             }),
         ),
         (
             "decrypt oaep-sha256 (software path)",
             Box::new(|| {
-                b.decrypt_oaep(&dec.backend_ref, &ct256, b"").expect("dec");
+                b.decrypt_oaep(&KeyRef::object(&dec.backend_ref), &ct256, b"")
+                    .expect("dec");
             }),
         ),
         (
             "decrypt oaep-sha1 (token path)",
             Box::new(|| {
-                b.decrypt_oaep_with(&dec.backend_ref, &ct1, b"", OaepHash::Sha1, OaepPath::Token)
-                    .expect("dec");
+                b.decrypt_oaep_with(
+                    &KeyRef::object(&dec.backend_ref),
+                    &ct1,
+                    b"",
+                    OaepHash::Sha1,
+                    OaepPath::Token,
+                )
+                .expect("dec");
             }),
         ),
         (
             "unwrap_secret 32 B",
             Box::new(|| {
-                b.unwrap_secret(&master.backend_ref, &blob).expect("unwrap");
+                b.unwrap_secret(&KeyRef::object(&master.backend_ref), &blob, b"aad")
+                    .expect("unwrap");
             }),
         ),
     ];
@@ -1012,15 +1137,15 @@ fn token_directory_moved_away_and_back() {
         .create(&new_key("vanish-master", KeyKind::Aes256))
         .expect("create");
     backend
-        .sign(&key.backend_ref, &[1; 32], SignScheme::Pss)
+        .sign(&KeyRef::object(&key.backend_ref), &[1; 32], SignScheme::Pss)
         .expect("sign");
     let dir = token_dir_of(f.dir.path(), "vanish");
     let away = f.dir.path().join("vanish-away");
     std::fs::rename(&dir, &away).expect("move away");
     // SoftHSM 2.6.1: objects vanish (handles invalid, finds empty) and C_GetTokenInfo fails with
     // CKR_GENERAL_ERROR; the backend turns that into Unavailable, not NotFound.
-    let gone_sign = backend.sign(&key.backend_ref, &[1; 32], SignScheme::Pss);
-    let gone_wrap = backend.wrap_secret(&master.backend_ref, b"x");
+    let gone_sign = backend.sign(&KeyRef::object(&key.backend_ref), &[1; 32], SignScheme::Pss);
+    let gone_wrap = backend.wrap_secret(&KeyRef::object(&master.backend_ref), b"x", b"aad");
     let gone_create = backend.create(&new_key("vanish-2", KeyKind::Aes256));
     let gone_health = backend.health();
     println!("token dir moved away: sign {gone_sign:?}");
@@ -1035,7 +1160,7 @@ fn token_directory_moved_away_and_back() {
     assert!(matches!(gone_create, Err(BackendError::Unavailable(_))));
     assert!(!gone_health.ok);
     std::fs::rename(&away, &dir).expect("move back");
-    let back_sign = backend.sign(&key.backend_ref, &[1; 32], SignScheme::Pss);
+    let back_sign = backend.sign(&KeyRef::object(&key.backend_ref), &[1; 32], SignScheme::Pss);
     let back_health = backend.health();
     println!("token dir back, same process: sign {back_sign:?}");
     println!("token dir back, same process: health {back_health:?}");

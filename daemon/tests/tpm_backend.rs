@@ -10,7 +10,7 @@ use std::{
 
 use custody_daemon::backend::{
     tpm::{TpmBackend, TpmConfig},
-    Backend, BackendError, KeyKind, NewKey, PublicKeyInfo, SignScheme, Template,
+    Backend, BackendError, KeyKind, KeyRef, NewKey, PublicKeyInfo, SignScheme, Template,
 };
 use rsa::{
     pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding},
@@ -94,6 +94,7 @@ fn new_key(kind: KeyKind, template: Template) -> NewKey<'static> {
         version: 1,
         kind,
         template,
+        master: None,
     }
 }
 
@@ -210,7 +211,7 @@ fn sign_with_both_templates_verifies_with_openssl() {
     let digest = sha256(data);
     for (r, info) in [(&mosip_ref, &mosip_pub), (&def_ref, &def_pub)] {
         let sig = b
-            .sign(r, &digest, SignScheme::Pkcs1v15)
+            .sign(&KeyRef::object(r), &digest, SignScheme::Pkcs1v15)
             .expect("pkcs1 sign");
         assert_eq!(sig.len(), 256);
         assert!(
@@ -222,7 +223,7 @@ fn sign_with_both_templates_verifies_with_openssl() {
 
     // PSS with the default key: the TPM uses a salt of 32 bytes (= digest length).
     let sig = b
-        .sign(&def_ref, &digest, SignScheme::Pss)
+        .sign(&KeyRef::object(&def_ref), &digest, SignScheme::Pss)
         .expect("pss sign");
     assert_eq!(sig.len(), 256);
     assert!(
@@ -239,7 +240,7 @@ fn sign_with_both_templates_verifies_with_openssl() {
     );
 
     // MOSIP's template fixes RSASSA: PSS is refused with a typed error.
-    match b.sign(&mosip_ref, &digest, SignScheme::Pss) {
+    match b.sign(&KeyRef::object(&mosip_ref), &digest, SignScheme::Pss) {
         Err(BackendError::Unsupported(m)) => eprintln!("mosip PSS: {m}"),
         other => panic!("mosip PSS must be Unsupported, got {other:?}"),
     }
@@ -258,38 +259,44 @@ fn decrypt_openssl_oaep_ciphertexts_with_both_templates() {
     for (r, info) in [(&mosip_ref, &mosip_pub), (&def_ref, &def_pub)] {
         // Empty label (MOSIP's envelope convention).
         let ct = openssl_encrypt(tmp.path(), info, msg, None);
-        let pt = b.decrypt_oaep(r, &ct, b"").expect("decrypt, empty label");
+        let pt = b
+            .decrypt_oaep(&KeyRef::object(r), &ct, b"")
+            .expect("decrypt, empty label");
         assert_eq!(pt.as_slice(), msg, "{r} empty label");
         // The wrong label fails the OAEP check.
-        match b.decrypt_oaep(r, &ct, &[0]) {
+        match b.decrypt_oaep(&KeyRef::object(r), &ct, &[0]) {
             Err(BackendError::Integrity(m)) => eprintln!("{r} wrong label: {m}"),
             other => panic!("wrong label must be Integrity, got {other:?}"),
         }
 
         // The registration client's label, one zero byte, is OpenSSL's rsa_oaep_label:00.
         let ct0 = openssl_encrypt(tmp.path(), info, msg, Some("00"));
-        let pt = b.decrypt_oaep(r, &ct0, &[0]).expect("decrypt, label 00");
+        let pt = b
+            .decrypt_oaep(&KeyRef::object(r), &ct0, &[0])
+            .expect("decrypt, label 00");
         assert_eq!(pt.as_slice(), msg, "{r} label 00");
         assert!(matches!(
-            b.decrypt_oaep(r, &ct0, b""),
+            b.decrypt_oaep(&KeyRef::object(r), &ct0, b""),
             Err(BackendError::Integrity(_))
         ));
 
         // A TPM label must end with a zero byte, which is part of the OAEP label L.
         let ct_abc0 = openssl_encrypt(tmp.path(), info, msg, Some("61626300"));
         let pt = b
-            .decrypt_oaep(r, &ct_abc0, b"abc\0")
+            .decrypt_oaep(&KeyRef::object(r), &ct_abc0, b"abc\0")
             .expect("decrypt, label abc\\0");
         assert_eq!(pt.as_slice(), msg);
         assert!(matches!(
-            b.decrypt_oaep(r, &ct_abc0, b"abc"),
+            b.decrypt_oaep(&KeyRef::object(r), &ct_abc0, b"abc"),
             Err(BackendError::BadInput(_))
         ));
     }
     // The backend still works after the failures (no TPM failure mode, no leaked slots).
     let ct = openssl_encrypt(tmp.path(), &mosip_pub, msg, None);
     assert_eq!(
-        b.decrypt_oaep(&mosip_ref, &ct, b"").unwrap().as_slice(),
+        b.decrypt_oaep(&KeyRef::object(&mosip_ref), &ct, b"")
+            .unwrap()
+            .as_slice(),
         msg
     );
 }
@@ -396,7 +403,7 @@ fn mosip_templates_match_independent_raw_tpm_commands() {
     }
     // The script flushed its objects: only the backend's two cached primaries are loaded.
     let d = sha256(b"x");
-    b.sign("mosip:sign", &d, SignScheme::Pkcs1v15)
+    b.sign(&KeyRef::object("mosip:sign"), &d, SignScheme::Pkcs1v15)
         .expect("sign after interop");
     assert_eq!(transient_count(&tpm, tmp.path()), 2);
     drop(b);
@@ -452,7 +459,7 @@ fn public_keys_survive_backend_and_swtpm_restarts() {
         for (kind, r, info) in &keys {
             let t = Instant::now();
             let now = b
-                .public_key(r, *kind)
+                .public_key(&KeyRef::object(r), *kind)
                 .unwrap_or_else(|e| panic!("{when} {r}: {e}"));
             eprintln!("{when}: public_key {r} in {:?}", t.elapsed());
             assert_eq!(&now, info, "{when}: {r} public key changed");
@@ -470,14 +477,16 @@ fn public_keys_survive_backend_and_swtpm_restarts() {
         match kind {
             KeyKind::Rsa2048Sign => {
                 let sig = b
-                    .sign(r, &sha256(data), SignScheme::Pkcs1v15)
+                    .sign(&KeyRef::object(r), &sha256(data), SignScheme::Pkcs1v15)
                     .expect("sign");
                 assert!(openssl_verify(tmp.path(), info, data, &sig, None), "{r}");
             }
             _ => {
                 let ct = openssl_encrypt(tmp.path(), info, data, None);
                 assert_eq!(
-                    b.decrypt_oaep(r, &ct, b"").expect("decrypt").as_slice(),
+                    b.decrypt_oaep(&KeyRef::object(r), &ct, b"")
+                        .expect("decrypt")
+                        .as_slice(),
                     data
                 );
             }
@@ -485,17 +494,21 @@ fn public_keys_survive_backend_and_swtpm_restarts() {
     }
 
     // Destroy evicts the persisted key; its handle is then free for the next key.
-    b.destroy(&keys[2].1).expect("destroy");
+    b.destroy(&KeyRef::object(&keys[2].1)).expect("destroy");
     assert!(matches!(
-        b.public_key(&keys[2].1, KeyKind::Rsa2048Sign),
+        b.public_key(&KeyRef::object(&keys[2].1), KeyKind::Rsa2048Sign),
         Err(BackendError::NotFound(_))
     ));
     assert!(matches!(
-        b.sign(&keys[2].1, &sha256(data), SignScheme::Pkcs1v15),
+        b.sign(
+            &KeyRef::object(&keys[2].1),
+            &sha256(data),
+            SignScheme::Pkcs1v15
+        ),
         Err(BackendError::NotFound(_))
     ));
     assert!(matches!(
-        b.destroy(&keys[2].1),
+        b.destroy(&KeyRef::object(&keys[2].1)),
         Err(BackendError::NotFound(_))
     ));
     // The next key takes the freed handle. The old reference names the same handle but a
@@ -504,15 +517,19 @@ fn public_keys_survive_backend_and_swtpm_restarts() {
     assert!(r.starts_with("persistent:0x81010100:"), "{r}");
     assert_ne!(r, keys[2].1);
     assert!(matches!(
-        b.sign(&keys[2].1, &sha256(data), SignScheme::Pkcs1v15),
+        b.sign(
+            &KeyRef::object(&keys[2].1),
+            &sha256(data),
+            SignScheme::Pkcs1v15
+        ),
         Err(BackendError::NotFound(_))
     ));
     assert!(matches!(
-        b.destroy(&keys[2].1),
+        b.destroy(&KeyRef::object(&keys[2].1)),
         Err(BackendError::NotFound(_))
     ));
     let sig = b
-        .sign(&r, &sha256(data), SignScheme::Pkcs1v15)
+        .sign(&KeyRef::object(&r), &sha256(data), SignScheme::Pkcs1v15)
         .expect("new key signs");
     assert!(openssl_verify(tmp.path(), &new_pub, data, &sig, None));
 }
@@ -534,14 +551,14 @@ fn tpm_down_is_unavailable_quickly_and_recovers_without_new_backend() {
     let b = backend(&tpm.tcti, timeout);
     let data = b"data";
     let d = sha256(data);
-    b.sign(&mosip_ref, &d, SignScheme::Pkcs1v15)
+    b.sign(&KeyRef::object(&mosip_ref), &d, SignScheme::Pkcs1v15)
         .expect("sign while up");
     assert!(b.health().ok);
 
     tpm.stop();
     for r in [&mosip_ref, &def_ref] {
         let t = Instant::now();
-        let res = b.sign(r, &d, SignScheme::Pkcs1v15);
+        let res = b.sign(&KeyRef::object(r), &d, SignScheme::Pkcs1v15);
         eprintln!("sign with TPM down: {res:?} after {:?}", t.elapsed());
         assert!(matches!(res, Err(BackendError::Unavailable(_))), "{res:?}");
         assert!(t.elapsed() <= timeout + Duration::from_millis(200));
@@ -555,7 +572,7 @@ fn tpm_down_is_unavailable_quickly_and_recovers_without_new_backend() {
     assert_eq!(before, tpm.tcti, "swtpm-start reuses the port");
     for (r, info) in [(&mosip_ref, &mosip_pub), (&def_ref, &def_pub)] {
         let sig = b
-            .sign(r, &d, SignScheme::Pkcs1v15)
+            .sign(&KeyRef::object(r), &d, SignScheme::Pkcs1v15)
             .expect("sign after recovery");
         assert!(openssl_verify(tmp.path(), info, data, &sig, None));
     }
@@ -571,7 +588,7 @@ fn tpm_down_is_unavailable_quickly_and_recovers_without_new_backend() {
         .unwrap()
         .success());
     let t = Instant::now();
-    let res = b.sign(&mosip_ref, &d, SignScheme::Pkcs1v15);
+    let res = b.sign(&KeyRef::object(&mosip_ref), &d, SignScheme::Pkcs1v15);
     eprintln!("sign with TPM hung: {res:?} after {:?}", t.elapsed());
     assert!(matches!(res, Err(BackendError::Unavailable(_))), "{res:?}");
     assert!(t.elapsed() < timeout + Duration::from_millis(500));
@@ -582,7 +599,7 @@ fn tpm_down_is_unavailable_quickly_and_recovers_without_new_backend() {
         .success());
     let mut ok = false;
     for _ in 0..10 {
-        if let Ok(sig) = b.sign(&mosip_ref, &d, SignScheme::Pkcs1v15) {
+        if let Ok(sig) = b.sign(&KeyRef::object(&mosip_ref), &d, SignScheme::Pkcs1v15) {
             assert!(openssl_verify(tmp.path(), &mosip_pub, data, &sig, None));
             ok = true;
             break;
@@ -606,14 +623,16 @@ fn sixty_four_threads_sign_concurrently() {
     let t = Instant::now();
     for i in 0..n {
         let d = sha256(format!("seq {i}").as_bytes());
-        b.sign(&mosip_ref, &d, SignScheme::Pkcs1v15).expect("sign");
+        b.sign(&KeyRef::object(&mosip_ref), &d, SignScheme::Pkcs1v15)
+            .expect("sign");
     }
     let secs = t.elapsed().as_secs_f64();
     eprintln!("sequential mosip:sign {n} signs: {:.0}/s", n as f64 / secs);
     let t = Instant::now();
     for i in 0..n {
         let d = sha256(format!("seq {i}").as_bytes());
-        b.sign(&def_ref, &d, SignScheme::Pkcs1v15).expect("sign");
+        b.sign(&KeyRef::object(&def_ref), &d, SignScheme::Pkcs1v15)
+            .expect("sign");
     }
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
@@ -636,7 +655,9 @@ fn sixty_four_threads_sign_concurrently() {
                         1 => (&def_ref, SignScheme::Pkcs1v15),
                         _ => (&def_ref, SignScheme::Pss),
                     };
-                    let sig = b.sign(r, &d, scheme).expect("concurrent sign");
+                    let sig = b
+                        .sign(&KeyRef::object(r), &d, scheme)
+                        .expect("concurrent sign");
                     out.push((r.clone(), scheme, d, sig));
                 }
                 out
@@ -681,25 +702,25 @@ fn bad_input_and_wrong_kind_give_typed_errors() {
 
     for r in ["mosip:encrypt", oaep_ref.as_str()] {
         for len in [0, 255, 257] {
-            let res = b.decrypt_oaep(r, &vec![1u8; len], b"");
+            let res = b.decrypt_oaep(&KeyRef::object(r), &vec![1u8; len], b"");
             assert!(
                 matches!(res, Err(BackendError::BadInput(_))),
                 "{r} {len}: {res:?}"
             );
         }
-        let res = b.sign(r, &d, SignScheme::Pkcs1v15);
+        let res = b.sign(&KeyRef::object(r), &d, SignScheme::Pkcs1v15);
         assert!(
             matches!(res, Err(BackendError::Unsupported(_))),
             "sign with {r}: {res:?}"
         );
-        let res = b.public_key(r, KeyKind::Rsa2048Sign);
+        let res = b.public_key(&KeyRef::object(r), KeyKind::Rsa2048Sign);
         assert!(
             matches!(res, Err(BackendError::Unsupported(_))),
             "{r}: {res:?}"
         );
     }
     for r in ["mosip:sign", sign_ref.as_str()] {
-        let res = b.decrypt_oaep(r, &[1u8; 256], b"");
+        let res = b.decrypt_oaep(&KeyRef::object(r), &[1u8; 256], b"");
         assert!(
             matches!(res, Err(BackendError::Unsupported(_))),
             "decrypt with {r}: {res:?}"
@@ -708,10 +729,10 @@ fn bad_input_and_wrong_kind_give_typed_errors() {
     // Garbage ciphertext of the right size: an integrity failure, not a crash or a TPM fault.
     let mut ct = openssl_encrypt(tmp.path(), &oaep_pub, b"secret", None);
     ct[100] ^= 1;
-    let res = b.decrypt_oaep(&oaep_ref, &ct, b"");
+    let res = b.decrypt_oaep(&KeyRef::object(&oaep_ref), &ct, b"");
     assert!(matches!(res, Err(BackendError::Integrity(_))), "{res:?}");
     // A label the TPM cannot take (no terminating zero byte).
-    let res = b.decrypt_oaep(&oaep_ref, &[1u8; 256], b"label");
+    let res = b.decrypt_oaep(&KeyRef::object(&oaep_ref), &[1u8; 256], b"label");
     assert!(matches!(res, Err(BackendError::BadInput(_))), "{res:?}");
 
     for r in [
@@ -720,7 +741,7 @@ fn bad_input_and_wrong_kind_give_typed_errors() {
         "nonsense",
         "mosip:other",
     ] {
-        let res = b.sign(r, &d, SignScheme::Pkcs1v15);
+        let res = b.sign(&KeyRef::object(r), &d, SignScheme::Pkcs1v15);
         assert!(
             matches!(res, Err(BackendError::NotFound(_))),
             "{r}: {res:?}"
@@ -729,25 +750,28 @@ fn bad_input_and_wrong_kind_give_typed_errors() {
     let res = b.create(&new_key(KeyKind::Aes256, Template::Default));
     assert!(matches!(res, Err(BackendError::Unsupported(_))), "{res:?}");
     assert!(matches!(
-        b.wrap_secret("x", b"s"),
+        b.wrap_secret(&KeyRef::object("x"), b"s", b""),
         Err(BackendError::Unsupported(_))
     ));
     assert!(matches!(
-        b.unwrap_secret("x", b"s"),
+        b.unwrap_secret(&KeyRef::object("x"), b"s", b""),
         Err(BackendError::Unsupported(_))
     ));
     assert!(matches!(
-        b.destroy("mosip:sign"),
+        b.destroy(&KeyRef::object("mosip:sign")),
         Err(BackendError::Unsupported(_))
     ));
 
     // After all the failures the keys still work.
     let ct = openssl_encrypt(tmp.path(), &oaep_pub, b"secret", None);
     assert_eq!(
-        b.decrypt_oaep(&oaep_ref, &ct, b"").unwrap().as_slice(),
+        b.decrypt_oaep(&KeyRef::object(&oaep_ref), &ct, b"")
+            .unwrap()
+            .as_slice(),
         b"secret"
     );
-    b.sign(&sign_ref, &d, SignScheme::Pss).expect("sign");
+    b.sign(&KeyRef::object(&sign_ref), &d, SignScheme::Pss)
+        .expect("sign");
     let h = b.health();
     assert!(h.ok && h.detail.contains(&tpm.tcti), "{h:?}");
 }

@@ -44,7 +44,7 @@ fn expired_current_version_is_refused_or_rotated_by_policy() {
     }
     let c = d.client();
     let sign = |c: &custody_e2e::BlockingClient| {
-        c.call::<_, SignResult>(
+        c.call_untyped::<_, SignResult>(
             names::SIGN,
             &SignArgs {
                 key: "short-sign".into(),
@@ -55,7 +55,7 @@ fn expired_current_version_is_refused_or_rotated_by_policy() {
     };
     assert_eq!(sign(&c).expect("sign while current").version, 1);
     let sealed: SealResult = c
-        .call(
+        .call_untyped(
             names::ENVELOPE_SEAL,
             &SealArgs {
                 key: Some("short-enc".into()),
@@ -73,7 +73,7 @@ fn expired_current_version_is_refused_or_rotated_by_policy() {
     let c = d.client();
     assert_eq!(code(sign(&c).unwrap_err()), "key_expired");
     let e = c
-        .call::<_, SealResult>(
+        .call_untyped::<_, SealResult>(
             names::ENVELOPE_SEAL,
             &SealArgs {
                 key: Some("short-enc".into()),
@@ -85,7 +85,7 @@ fn expired_current_version_is_refused_or_rotated_by_policy() {
     assert_eq!(code(e), "key_expired");
     // Decryption with an expired version still works (old data stays readable).
     let opened: PlaintextResult = c
-        .call(
+        .call_untyped(
             names::ENVELOPE_OPEN,
             &OpenArgs {
                 key: "short-enc".into(),
@@ -125,7 +125,7 @@ fn expired_current_version_is_refused_or_rotated_by_policy() {
         .collect();
     assert_eq!(states, ["decrypt-only", "active"]);
     let sealed2: SealResult = c
-        .call(
+        .call_untyped(
             names::ENVELOPE_SEAL,
             &SealArgs {
                 key: Some("short-enc".into()),
@@ -136,7 +136,7 @@ fn expired_current_version_is_refused_or_rotated_by_policy() {
         .expect("seal rotates the expired key");
     assert_eq!(sealed2.version, Some(2));
     let opened: PlaintextResult = c
-        .call(
+        .call_untyped(
             names::ENVELOPE_OPEN,
             &OpenArgs {
                 key: "short-enc".into(),

@@ -64,9 +64,11 @@ fn ping_and_status_library_and_cli() {
     let mut d = DaemonBuilder::new().start();
     let c = d.client();
     assert_eq!(c.inner().server_hello().version, 1);
-    let r: PingResult = c.call(names::PING, &ping_args(b"hi there")).unwrap();
+    let r: PingResult = c
+        .call_untyped(names::PING, &ping_args(b"hi there"))
+        .unwrap();
     assert_eq!(r.data, b"hi there");
-    let s: StatusResult = c.call(names::STATUS, &StatusArgs {}).unwrap();
+    let s: StatusResult = c.call_untyped(names::STATUS, &StatusArgs {}).unwrap();
     assert!(s.server.starts_with("custodyd "), "{}", s.server);
     assert_eq!(s.protocol, 1);
     assert!(s.connections >= 1);
@@ -92,7 +94,7 @@ fn ping_and_status_library_and_cli() {
     let n1 = ping_ok_count(&s1);
     assert_eq!(n1, 3, "1 library ping + 2 CLI pings: {s1}");
     for i in 0..3u8 {
-        let _: PingResult = c.call(names::PING, &ping_args(&[i])).unwrap();
+        let _: PingResult = c.call_untyped(names::PING, &ping_args(&[i])).unwrap();
     }
     std::thread::sleep(Duration::from_millis(1100));
     let s2 = status_json(&d);
@@ -180,7 +182,7 @@ fn many_concurrent_pipelined_connections() {
             let c = c.clone();
             set.spawn(async move {
                 let r: PingResult = c
-                    .call(names::PING, &ping_args(&i.to_be_bytes()))
+                    .call_untyped(names::PING, &ping_args(&i.to_be_bytes()))
                     .await
                     .unwrap();
                 assert_eq!(r.data, i.to_be_bytes());
@@ -221,7 +223,7 @@ impl Bystander {
                 i += 1;
                 let data = i.to_be_bytes();
                 let r: PingResult = c
-                    .call(names::PING, &ping_args(&data))
+                    .call_untyped(names::PING, &ping_args(&data))
                     .unwrap_or_else(|e| panic!("bystander ping {i} failed: {e}"));
                 assert_eq!(r.data, data);
                 n.fetch_add(1, Ordering::Relaxed);
@@ -391,7 +393,10 @@ fn misbehaving_clients_get_errors_and_others_are_served() {
     let n = by.finish();
     assert!(n >= 6, "bystander completed only {n} pings");
     d.assert_running();
-    let r: PingResult = d.client().call(names::PING, &ping_args(b"after")).unwrap();
+    let r: PingResult = d
+        .client()
+        .call_untyped(names::PING, &ping_args(b"after"))
+        .unwrap();
     assert_eq!(r.data, b"after");
     assert_eq!(d.terminate().code(), Some(0));
 }
@@ -421,7 +426,9 @@ fn stalled_half_frame_is_dropped_while_others_are_served() {
     let c = d.client();
     let mut during = 0;
     while t0.elapsed() < Duration::from_millis(800) {
-        let r: PingResult = c.call(names::PING, &ping_args(b"meanwhile")).unwrap();
+        let r: PingResult = c
+            .call_untyped(names::PING, &ping_args(b"meanwhile"))
+            .unwrap();
         assert_eq!(r.data, b"meanwhile");
         during += 1;
         std::thread::sleep(Duration::from_millis(10));
@@ -437,7 +444,7 @@ fn stalled_half_frame_is_dropped_while_others_are_served() {
             "stalled connection closed after {e:?}"
         );
     }
-    let r: PingResult = c.call(names::PING, &ping_args(b"after")).unwrap();
+    let r: PingResult = c.call_untyped(names::PING, &ping_args(b"after")).unwrap();
     assert_eq!(r.data, b"after");
     assert_eq!(d.terminate().code(), Some(0));
 }
@@ -536,7 +543,7 @@ fn root_role(ops: &[&str]) -> String {
 
 fn status_allowed(d: &Daemon) -> Result<(), ErrorCode> {
     d.client()
-        .call::<_, StatusResult>(names::STATUS, &StatusArgs {})
+        .call_untyped::<_, StatusResult>(names::STATUS, &StatusArgs {})
         .map(|_| ())
         .map_err(server_error)
 }
@@ -545,7 +552,7 @@ fn status_allowed(d: &Daemon) -> Result<(), ErrorCode> {
 fn role_scoping_and_sighup_reload() {
     let mut d = DaemonBuilder::new().roles(&root_role(&["ping"])).start();
     let c = d.client();
-    let _: PingResult = c.call(names::PING, &ping_args(b"a")).unwrap();
+    let _: PingResult = c.call_untyped(names::PING, &ping_args(b"a")).unwrap();
     assert_eq!(status_allowed(&d), Err(ErrorCode::PermissionDenied));
     let out = d.cli(&["status"]);
     assert_eq!(out.status.code(), Some(13), "{out:?}");
@@ -558,7 +565,7 @@ fn role_scoping_and_sighup_reload() {
     });
     assert!(d.stderr().contains("policy reloaded"), "{}", d.stderr());
     // Existing connections see the new policy too.
-    let _: StatusResult = c.call(names::STATUS, &StatusArgs {}).unwrap();
+    let _: StatusResult = c.call_untyped(names::STATUS, &StatusArgs {}).unwrap();
 
     // A broken file is rejected; the previous roles stay.
     d.write_raw_config("[server\nthis is not toml");
@@ -576,7 +583,7 @@ fn role_scoping_and_sighup_reload() {
     });
     assert!(d.stderr().contains("no-such-user-e2e"));
     assert_eq!(status_allowed(&d), Ok(()));
-    let _: PingResult = c.call(names::PING, &ping_args(b"b")).unwrap();
+    let _: PingResult = c.call_untyped(names::PING, &ping_args(b"b")).unwrap();
 
     // Reload replaces the roles whole: revoking status works.
     d.set_roles(&root_role(&["ping"]));
@@ -584,7 +591,7 @@ fn role_scoping_and_sighup_reload() {
     wait_for(5 * SEC, "status to be revoked after SIGHUP", || {
         (status_allowed(&d) == Err(ErrorCode::PermissionDenied)).then_some(())
     });
-    let _: PingResult = c.call(names::PING, &ping_args(b"c")).unwrap();
+    let _: PingResult = c.call_untyped(names::PING, &ping_args(b"c")).unwrap();
     drop(c);
     assert_eq!(d.terminate().code(), Some(0));
 }
@@ -625,7 +632,10 @@ fn stale_socket_replaced_and_live_socket_refused() {
         "stale socket accepts"
     );
     d.restart();
-    let r: PingResult = d.client().call(names::PING, &ping_args(b"1")).unwrap();
+    let r: PingResult = d
+        .client()
+        .call_untyped(names::PING, &ping_args(b"1"))
+        .unwrap();
     assert_eq!(r.data, b"1");
 
     // A second daemon on the live socket refuses to start and leaves the first alone.
@@ -637,7 +647,10 @@ fn stale_socket_replaced_and_live_socket_refused() {
         stderr(&out)
     );
     d.assert_running();
-    let r: PingResult = d.client().call(names::PING, &ping_args(b"2")).unwrap();
+    let r: PingResult = d
+        .client()
+        .call_untyped(names::PING, &ping_args(b"2"))
+        .unwrap();
     assert_eq!(r.data, b"2");
     assert_eq!(d.terminate().code(), Some(0));
     assert!(!d.socket().exists(), "socket left behind after SIGTERM");
@@ -753,10 +766,10 @@ fn sigterm_drains_requests_already_read() {
 fn audit_has_one_line_per_op() {
     let mut d = DaemonBuilder::new().start();
     let c = d.client();
-    let _: PingResult = c.call(names::PING, &ping_args(b"x")).unwrap();
-    let _: StatusResult = c.call(names::STATUS, &StatusArgs {}).unwrap();
+    let _: PingResult = c.call_untyped(names::PING, &ping_args(b"x")).unwrap();
+    let _: StatusResult = c.call_untyped(names::STATUS, &StatusArgs {}).unwrap();
     let e = c
-        .call::<_, PingResult>(names::PING, &ping_args(&[0; 2000]))
+        .call_untyped::<_, PingResult>(names::PING, &ping_args(&[0; 2000]))
         .unwrap_err();
     assert_eq!(server_error(e), ErrorCode::BadRequest);
     let out = d.cli(&["ping"]);
@@ -830,7 +843,7 @@ fn small_in_flight_limit_and_idle_timeout() {
     let b = d.client();
     for i in 0..4u8 {
         std::thread::sleep(Duration::from_millis(400));
-        let r: PingResult = b.call(names::PING, &ping_args(&[i])).unwrap();
+        let r: PingResult = b.call_untyped(names::PING, &ping_args(&[i])).unwrap();
         assert_eq!(r.data, [i]);
     }
     assert_eq!(d.terminate().code(), Some(0));
@@ -882,7 +895,9 @@ fn peer_that_stops_reading_is_dropped() {
         Duration::from_secs(20),
         "the stalled peer to be dropped",
         || {
-            let st: StatusResult = c.call(names::STATUS, &StatusArgs {}).expect("status");
+            let st: StatusResult = c
+                .call_untyped(names::STATUS, &StatusArgs {})
+                .expect("status");
             (st.connections == 1).then_some(())
         },
     );
@@ -893,7 +908,7 @@ fn peer_that_stops_reading_is_dropped() {
     );
     assert!(start.elapsed() < Duration::from_secs(20));
     let r: PingResult = c
-        .call(
+        .call_untyped(
             names::PING,
             &PingArgs {
                 data: b"still here".to_vec(),

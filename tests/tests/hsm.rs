@@ -1589,7 +1589,10 @@ fn load_64_clients_mixed_ops_with_four_sessions() {
                                 data: Some(msg.clone()),
                                 ..Default::default()
                             };
-                            match client.call::<_, SignResult>(names::SIGN, &args).await {
+                            match client
+                                .call_untyped::<_, SignResult>(names::SIGN, &args)
+                                .await
+                            {
                                 Ok(r) if &r.signature == sig => Ok(()),
                                 Ok(_) => Err("sign: different signature".into()),
                                 Err(e) => Err(format!("sign: {e}")),
@@ -1602,7 +1605,10 @@ fn load_64_clients_mixed_ops_with_four_sessions() {
                                 scheme: Some("pss".into()),
                                 ..Default::default()
                             };
-                            match client.call::<_, SignResult>(names::SIGN, &args).await {
+                            match client
+                                .call_untyped::<_, SignResult>(names::SIGN, &args)
+                                .await
+                            {
                                 Ok(r) if r.signature.len() == 256 => Ok(()),
                                 Ok(_) => Err("sign pss: bad length".into()),
                                 Err(e) => Err(format!("sign pss: {e}")),
@@ -1617,7 +1623,7 @@ fn load_64_clients_mixed_ops_with_four_sessions() {
                                 version: None,
                             };
                             match client
-                                .call::<_, PlaintextResult>(names::UNWRAP, &args)
+                                .call_untyped::<_, PlaintextResult>(names::UNWRAP, &args)
                                 .await
                             {
                                 Ok(r) if &r.plaintext == dk => Ok(()),
@@ -1632,7 +1638,7 @@ fn load_64_clients_mixed_ops_with_four_sessions() {
                                 plaintext: format!("{c}/{i}").into_bytes(),
                             };
                             match client
-                                .call::<_, SealResult>(names::ENVELOPE_SEAL, &args)
+                                .call_untyped::<_, SealResult>(names::ENVELOPE_SEAL, &args)
                                 .await
                             {
                                 Ok(r)
@@ -1652,7 +1658,7 @@ fn load_64_clients_mixed_ops_with_four_sessions() {
                                 envelope: env.clone(),
                             };
                             match client
-                                .call::<_, PlaintextResult>(names::ENVELOPE_OPEN, &args)
+                                .call_untyped::<_, PlaintextResult>(names::ENVELOPE_OPEN, &args)
                                 .await
                             {
                                 Ok(r) if &r.plaintext == plain => Ok(()),
@@ -1667,7 +1673,7 @@ fn load_64_clients_mixed_ops_with_four_sessions() {
                                 format: None,
                             };
                             match client
-                                .call::<_, PublicKeyResult>(names::KEYS_PUBLIC, &args)
+                                .call_untyped::<_, PublicKeyResult>(names::KEYS_PUBLIC, &args)
                                 .await
                             {
                                 Ok(r) if &r.thumbprint == t_sign => Ok(()),

@@ -65,7 +65,7 @@ fn socket_activation_and_sd_notify() {
         }
     };
     let r: PingResult = client
-        .call(
+        .call_untyped(
             names::PING,
             &PingArgs {
                 data: b"activated".to_vec(),

@@ -124,7 +124,7 @@ fn server_code(e: ClientError) -> ErrorCode {
 }
 
 fn public(c: &BlockingClient, name: &str, format: &str) -> PublicKeyResult {
-    c.call(
+    c.call_untyped(
         names::KEYS_PUBLIC,
         &PublicKeyArgs {
             name: name.into(),
@@ -314,7 +314,7 @@ fn sign_verifies_with_openssl_prehashed_batch_and_pss() {
     const BAD: usize = 7;
     digests.insert(BAD, vec![0xab; 31]);
     let r: SignBatchResult = c
-        .call(
+        .call_untyped(
             names::SIGN_BATCH,
             &SignBatchArgs {
                 key: "machine-sign".into(),
@@ -659,7 +659,7 @@ fn tpmt_public_fields_and_key_index_of_mosip_keys() {
     }
     // An unknown format is bad_request.
     let e = c
-        .call::<_, PublicKeyResult>(
+        .call_untyped::<_, PublicKeyResult>(
             names::KEYS_PUBLIC,
             &PublicKeyArgs {
                 name: "machine-sign".into(),
@@ -929,7 +929,7 @@ fn sixty_four_concurrent_signers() {
                     .map(|i| {
                         let data = format!("thread {t} message {i}").into_bytes();
                         let r: SignResult = c
-                            .call(
+                            .call_untyped(
                                 names::SIGN,
                                 &SignArgs {
                                     key: "machine-sign".into(),
@@ -986,7 +986,7 @@ fn bad_input_gives_typed_errors() {
     );
     let c = d.client();
     let sign = |key: &str, digest: Option<Vec<u8>>, scheme: Option<&str>| {
-        c.call::<_, SignResult>(
+        c.call_untyped::<_, SignResult>(
             names::SIGN,
             &SignArgs {
                 key: key.into(),
@@ -1044,7 +1044,7 @@ fn bad_input_gives_typed_errors() {
         "bad_request",
     );
     let e = c
-        .call::<_, PlaintextResult>(
+        .call_untyped::<_, PlaintextResult>(
             names::DECRYPT,
             &DecryptArgs {
                 key: "machine-encrypt".into(),
@@ -1389,7 +1389,7 @@ fn batch_stops_at_the_op_timeout_and_answers() {
     let digests: Vec<Vec<u8>> = (0..1024u32).map(|i| sha256(&i.to_be_bytes())).collect();
     let t = Instant::now();
     let r: SignBatchResult = c
-        .call(
+        .call_untyped(
             names::SIGN_BATCH,
             &SignBatchArgs {
                 key: "machine-sign".into(),

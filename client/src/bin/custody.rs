@@ -423,7 +423,7 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
     match cli.cmd {
         Cmd::Ping => {
             let t = Instant::now();
-            let r: PingResult = c.call(
+            let r: PingResult = c.call_untyped(
                 names::PING,
                 &PingArgs {
                     data: b"ping".to_vec(),
@@ -443,7 +443,7 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
             }
         }
         Cmd::Status => {
-            let s: StatusResult = c.call(names::STATUS, &StatusArgs {})?;
+            let s: StatusResult = c.call_untyped(names::STATUS, &StatusArgs {})?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             } else {
@@ -481,7 +481,7 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
             } else {
                 args.data = Some(input);
             }
-            let r: SignResult = c.call(names::SIGN, &args)?;
+            let r: SignResult = c.call_untyped(names::SIGN, &args)?;
             if json {
                 println!(
                     "{}",
@@ -493,7 +493,8 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
         }
         Cmd::SignJwt { name, payload_file } => {
             let payload = read_input(&payload_file)?;
-            let r: SignJwtResult = c.call(names::SIGN_JWT, &SignJwtArgs { key: name, payload })?;
+            let r: SignJwtResult =
+                c.call_untyped(names::SIGN_JWT, &SignJwtArgs { key: name, payload })?;
             if json {
                 println!(
                     "{}",
@@ -515,7 +516,7 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
                 (None, true) => Some(vec![0u8]),
                 (None, false) => None,
             };
-            let r: PlaintextResult = c.call(
+            let r: PlaintextResult = c.call_untyped(
                 names::DECRYPT,
                 &DecryptArgs {
                     key: name,
@@ -532,7 +533,7 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
             thumbprint,
             version,
         } => {
-            let r: PlaintextResult = c.call(
+            let r: PlaintextResult = c.call_untyped(
                 names::UNWRAP,
                 &UnwrapArgs {
                     key: name,
@@ -552,7 +553,7 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
             base64,
         }) => {
             let public_key = to_pem.as_ref().map(read_pem_spki).transpose()?;
-            let r: SealResult = c.call(
+            let r: SealResult = c.call_untyped(
                 names::ENVELOPE_SEAL,
                 &SealArgs {
                     key: name,
@@ -571,7 +572,7 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
         }
         Cmd::Envelope(EnvelopeCmd::Open { name, io, base64 }) => {
             let envelope = read_binary(&io.input, base64)?;
-            let r: PlaintextResult = c.call(
+            let r: PlaintextResult = c.call_untyped(
                 names::ENVELOPE_OPEN,
                 &OpenArgs {
                     key: name,
@@ -588,7 +589,7 @@ fn run(c: &BlockingClient, cli: Cli) -> Out {
             base64,
         } => {
             let input = read_binary(&io.input, base64)?;
-            let r: RewrapResult = c.call(
+            let r: RewrapResult = c.call_untyped(
                 names::REWRAP,
                 &RewrapArgs {
                     key: name,
@@ -639,7 +640,7 @@ fn keys(c: &BlockingClient, json: bool, cmd: KeysCmd) -> Out {
             master,
             validity_days,
             pre_expire_days,
-        } => show(c.call(
+        } => show(c.call_untyped(
             names::KEYS_CREATE,
             &KeyCreateArgs {
                 name,
@@ -652,20 +653,22 @@ fn keys(c: &BlockingClient, json: bool, cmd: KeysCmd) -> Out {
             },
         )?),
         KeysCmd::List => {
-            let r: KeyListResult = c.call(names::KEYS_LIST, &KeyListArgs {})?;
+            let r: KeyListResult = c.call_untyped(names::KEYS_LIST, &KeyListArgs {})?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
                 r.keys.iter().for_each(print_key);
             }
         }
-        KeysCmd::Show { name } => show(c.call(names::KEYS_SHOW, &KeyNameArgs { name })?),
-        KeysCmd::Rotate { name } => show(c.call(names::KEYS_ROTATE, &KeyNameArgs { name })?),
+        KeysCmd::Show { name } => show(c.call_untyped(names::KEYS_SHOW, &KeyNameArgs { name })?),
+        KeysCmd::Rotate { name } => {
+            show(c.call_untyped(names::KEYS_ROTATE, &KeyNameArgs { name })?)
+        }
         KeysCmd::Retire { name, version } => {
-            show(c.call(names::KEYS_RETIRE, &KeyVersionArgs { name, version })?)
+            show(c.call_untyped(names::KEYS_RETIRE, &KeyVersionArgs { name, version })?)
         }
         KeysCmd::Destroy { name, version } => {
-            show(c.call(names::KEYS_DESTROY, &KeyVersionArgs { name, version })?)
+            show(c.call_untyped(names::KEYS_DESTROY, &KeyVersionArgs { name, version })?)
         }
         KeysCmd::Public {
             name,
@@ -673,7 +676,7 @@ fn keys(c: &BlockingClient, json: bool, cmd: KeysCmd) -> Out {
             version,
             output,
         } => {
-            let r: PublicKeyResult = c.call(
+            let r: PublicKeyResult = c.call_untyped(
                 names::KEYS_PUBLIC,
                 &PublicKeyArgs {
                     name,

@@ -1,29 +1,38 @@
-//! Key backends: where private key material lives (TPM, PKCS#11 HSM, or wrapped in software).
+//! Key backends: where private key material lives (TPM, PKCS#11 HSM, or in software wrapped under
+//! a hardware master key).
 //!
-//! Every backend is reached through the small, blocking [`Backend`] trait. Operation code calls it
-//! from a blocking worker thread (never from the async runtime) and never knows which backend holds a
-//! key. A key is addressed by its opaque `backend_ref`, a string the backend produced when the key was
-//! created and the registry stores.
+//! Every backend is reached through the blocking [`Backend`] capability trait. Operation code calls
+//! it from a blocking worker thread (never from the async runtime) through a resolved key version
+//! (`keys::KeyVersion`) and never knows which backend holds a key. A key is addressed by a
+//! [`KeyRef`]: the opaque object reference the backend produced when the key was created, plus,
+//! for software keys, the wrapped secret and its master.
 
 pub mod pkcs11;
+pub mod software;
 pub mod tpm;
 
 use std::fmt;
 
 use zeroize::Zeroizing;
 
-/// What a key is and what it may be used for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What a key is and what it may be used for. Config, wire and registry use the same names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
 pub enum KeyKind {
     /// RSA-2048 signing key (RSASSA-PKCS1-v1_5 or PSS, SHA-256).
+    #[serde(rename = "rsa2048-sign")]
     Rsa2048Sign,
     /// RSA-2048 decryption key (RSA-OAEP, SHA-256, MGF1-SHA-256).
+    #[serde(rename = "rsa2048-oaep")]
     Rsa2048Oaep,
     /// AES-256 secret key (master key for wrapping, data encryption).
+    #[serde(rename = "aes256")]
     Aes256,
 }
 
 impl KeyKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [KeyKind; 3] = [KeyKind::Rsa2048Sign, KeyKind::Rsa2048Oaep, KeyKind::Aes256];
+
     /// The name used in config, on the wire and in the registry.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -35,12 +44,7 @@ impl KeyKind {
 
     /// Parses a kind name; `None` for an unknown name.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "rsa2048-sign" => Some(KeyKind::Rsa2048Sign),
-            "rsa2048-oaep" => Some(KeyKind::Rsa2048Oaep),
-            "aes256" => Some(KeyKind::Aes256),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
     /// True for kinds that have a public key.
@@ -56,33 +60,49 @@ impl fmt::Display for KeyKind {
 }
 
 /// Which backend holds a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
 pub enum BackendKind {
     /// The machine's TPM 2.0 (tss-esapi).
+    #[serde(rename = "tpm")]
     Tpm,
     /// A PKCS#11 token (cryptoki).
+    #[serde(rename = "pkcs11")]
     Pkcs11,
-    /// A software key stored AES-wrapped under a named HSM master key.
-    Wrapped,
+    /// Secrets generated in the daemon and stored wrapped under an `aes256` master key held in
+    /// hardware (`wrapped` is the name it had before, still accepted).
+    #[serde(rename = "software", alias = "wrapped")]
+    Software,
 }
 
 impl BackendKind {
+    /// Every backend, in documentation order.
+    pub const ALL: [BackendKind; 3] =
+        [BackendKind::Tpm, BackendKind::Pkcs11, BackendKind::Software];
+
     /// The name used in config, on the wire and in the registry.
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Tpm => "tpm",
             BackendKind::Pkcs11 => "pkcs11",
-            BackendKind::Wrapped => "wrapped",
+            BackendKind::Software => "software",
         }
     }
 
-    /// Parses a backend name; `None` for an unknown name.
+    /// Parses a backend name (`wrapped` is the old name of `software`); `None` for an unknown
+    /// name.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "tpm" => Some(BackendKind::Tpm),
-            "pkcs11" => Some(BackendKind::Pkcs11),
-            "wrapped" => Some(BackendKind::Wrapped),
-            _ => None,
+            "wrapped" => Some(BackendKind::Software),
+            _ => Self::ALL.into_iter().find(|k| k.as_str() == s),
+        }
+    }
+
+    /// The kinds this backend can create.
+    pub fn kinds(self) -> &'static [KeyKind] {
+        match self {
+            BackendKind::Tpm => &[KeyKind::Rsa2048Sign, KeyKind::Rsa2048Oaep],
+            BackendKind::Pkcs11 => &KeyKind::ALL,
+            BackendKind::Software => &[KeyKind::Aes256],
         }
     }
 }
@@ -93,18 +113,40 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// Checks a key name: 1–64 characters of `A-Za-z0-9._-`.
+pub fn validate_key_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("a key name has 1 to 64 characters".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "key name `{}` may contain only A-Z a-z 0-9 . _ -",
+            name.escape_default()
+        ));
+    }
+    Ok(())
+}
+
 /// How a key is derived inside its backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
 pub enum Template {
     /// The backend's own choice (TPM: child of an owner-hierarchy storage primary, persisted).
     #[default]
+    #[serde(rename = "default")]
     Default,
     /// MOSIP registration-client template (TPM only): endorsement-hierarchy primary recreated from
     /// MOSIP's exact template, so the same TPM yields the key the registration client registered.
+    #[serde(rename = "mosip")]
     Mosip,
 }
 
 impl Template {
+    /// Every template.
+    pub const ALL: [Template; 2] = [Template::Default, Template::Mosip];
+
     /// The name used in config and on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,11 +157,7 @@ impl Template {
 
     /// Parses a template name; `None` for an unknown name.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "default" => Some(Template::Default),
-            "mosip" => Some(Template::Mosip),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
 }
 
@@ -131,6 +169,56 @@ pub enum SignScheme {
     Pkcs1v15,
     /// RSASSA-PSS with SHA-256, MGF1-SHA-256, salt length 32.
     Pss,
+}
+
+/// A key version as a backend addresses it.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyRef<'a> {
+    /// The backend's own reference to the object (persistent handle, `CKA_ID`, …), as it
+    /// returned it from [`Backend::create`]; empty for software keys.
+    pub object: &'a str,
+    /// For software keys: the wrapped secret and the master that can unwrap it.
+    pub sealed: Option<&'a Sealed>,
+}
+
+impl<'a> KeyRef<'a> {
+    /// A key held in hardware, by the reference its backend gave it.
+    pub fn object(object: &'a str) -> Self {
+        KeyRef {
+            object,
+            sealed: None,
+        }
+    }
+}
+
+/// A hardware master key as another backend reaches it (to wrap or unwrap a software secret).
+#[derive(Clone)]
+pub struct Master {
+    /// The backend holding the master.
+    pub backend: std::sync::Arc<dyn Backend>,
+    /// The master version's object reference in that backend.
+    pub object: String,
+}
+
+impl fmt::Debug for Master {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Master")
+            .field("backend", &self.backend.kind())
+            .field("object", &self.object)
+            .finish()
+    }
+}
+
+/// A software secret as stored: wrapped under a master, bound by `aad` to the key version it
+/// belongs to.
+#[derive(Clone, Debug)]
+pub struct Sealed {
+    /// The wrapped secret (the master backend's format).
+    pub blob: Vec<u8>,
+    /// Additional authenticated data the blob was wrapped with.
+    pub aad: Vec<u8>,
+    /// The master that wrapped it.
+    pub master: Master,
 }
 
 /// Longest wait for a backend to generate a key: RSA key generation on a TPM can take up to a
@@ -148,6 +236,8 @@ pub struct NewKey<'a> {
     pub kind: KeyKind,
     /// Template to derive it with.
     pub template: Template,
+    /// For software keys: the master to wrap the new secret under, and the AAD binding it.
+    pub master: Option<(&'a Master, &'a [u8])>,
 }
 
 /// Public half of an asymmetric key, in the encodings the daemon hands out.
@@ -166,6 +256,8 @@ pub struct CreatedKey {
     pub backend_ref: String,
     /// Public key for asymmetric kinds.
     pub public: Option<PublicKeyInfo>,
+    /// For software keys: the new secret wrapped under the master.
+    pub sealed: Option<Vec<u8>>,
 }
 
 /// Health of a backend as reported by `status`.
@@ -204,8 +296,9 @@ pub enum BackendError {
 
 /// A place that holds private keys and performs operations with them.
 ///
-/// Methods block (device I/O); call them from a blocking worker thread. Implementations are
-/// shared across threads and must serialise device access themselves.
+/// Each capability defaults to [`BackendError::Unsupported`]: a backend implements only what it
+/// can do. Methods block (device I/O); call them from a blocking worker thread. Implementations
+/// are shared across threads and must serialise device access themselves.
 pub trait Backend: Send + Sync + 'static {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
@@ -214,38 +307,75 @@ pub trait Backend: Send + Sync + 'static {
     fn health(&self) -> Health;
 
     /// Creates a new key (version) and returns its reference and public key.
-    fn create(&self, spec: &NewKey<'_>) -> Result<CreatedKey, BackendError>;
+    fn create(&self, spec: &NewKey<'_>) -> Result<CreatedKey, BackendError> {
+        Err(unsupported(
+            self.kind(),
+            &format!("creating {} keys", spec.kind),
+        ))
+    }
 
     /// Reads the public key of an existing asymmetric key from the device.
-    fn public_key(&self, backend_ref: &str, kind: KeyKind) -> Result<PublicKeyInfo, BackendError>;
+    fn public_key(&self, key: &KeyRef<'_>, kind: KeyKind) -> Result<PublicKeyInfo, BackendError> {
+        let _ = key;
+        Err(unsupported(self.kind(), &format!("public keys of {kind}")))
+    }
 
     /// Signs a SHA-256 digest with an `rsa2048-sign` key; returns the raw 256-byte signature.
     fn sign(
         &self,
-        backend_ref: &str,
+        key: &KeyRef<'_>,
         digest: &[u8; 32],
         scheme: SignScheme,
-    ) -> Result<Vec<u8>, BackendError>;
+    ) -> Result<Vec<u8>, BackendError> {
+        let _ = (key, digest, scheme);
+        Err(unsupported(self.kind(), "signing"))
+    }
 
     /// RSA-OAEP-SHA256 (MGF1-SHA-256) decryption with an `rsa2048-oaep` key and the given label
     /// (empty for MOSIP's envelope; one 0x00 byte for the registration client's TPM convention).
     fn decrypt_oaep(
         &self,
-        backend_ref: &str,
+        key: &KeyRef<'_>,
         ciphertext: &[u8],
         label: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let _ = (key, ciphertext, label);
+        Err(unsupported(self.kind(), "RSA-OAEP decryption"))
+    }
 
-    /// Encrypts (wraps) a software secret under an `aes256` master key held in this backend.
-    fn wrap_secret(&self, master_ref: &str, secret: &[u8]) -> Result<Vec<u8>, BackendError>;
+    /// Encrypts (wraps) a software secret under an `aes256` master key held in this backend,
+    /// authenticating `aad` with it.
+    fn wrap_secret(
+        &self,
+        master: &KeyRef<'_>,
+        secret: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        let _ = (master, secret, aad);
+        Err(unsupported(self.kind(), "wrapping secrets"))
+    }
 
-    /// Decrypts a secret wrapped by [`Backend::wrap_secret`] with the same master key.
+    /// Decrypts a secret wrapped by [`Backend::wrap_secret`] with the same master key and AAD.
     fn unwrap_secret(
         &self,
-        master_ref: &str,
+        master: &KeyRef<'_>,
         wrapped: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let _ = (master, wrapped, aad);
+        Err(unsupported(self.kind(), "unwrapping secrets"))
+    }
+
+    /// The secret of a software key, in daemon memory for one operation.
+    fn secret(&self, key: &KeyRef<'_>) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let _ = key;
+        Err(unsupported(self.kind(), "releasing a secret into memory"))
+    }
 
     /// Destroys the key object in the device (irreversible).
-    fn destroy(&self, backend_ref: &str) -> Result<(), BackendError>;
+    fn destroy(&self, key: &KeyRef<'_>) -> Result<(), BackendError>;
+}
+
+fn unsupported(backend: BackendKind, what: &str) -> BackendError {
+    BackendError::Unsupported(format!("the {backend} backend does not support {what}"))
 }

@@ -1,12 +1,19 @@
 //! The key registry in SQLite (WAL, synchronous=FULL). Every multi-row change is one transaction,
 //! so a crash at any point leaves either the old or the new state, never half of one.
+//!
+//! The schema version is SQLite's `user_version`. Version 0 is the registry of the first release
+//! (no `user_version`, backend `wrapped`, the master of a wrapped secret as the text `name:vN` in
+//! `backend_ref`); [`Store::open`] migrates it to [`SCHEMA_VERSION`] in one transaction.
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{KeyRecord, VersionRecord, VersionState};
+use super::record::{KeyRecord, MasterRef, SealedSecret, VersionRecord, VersionState};
 use crate::backend::{BackendKind, KeyKind, Template};
+
+/// The schema this daemon writes.
+pub const SCHEMA_VERSION: i64 = 1;
 
 /// Registry errors.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +52,19 @@ CREATE TABLE IF NOT EXISTS versions (
     public_tpmt BLOB,
     thumbprint  BLOB,
     wrapped     BLOB,
+    master_name    TEXT,
+    master_version INTEGER,
+    aad_bound      INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (name, version)
 );
+";
+
+/// Version 0 → 1: typed master reference columns, `wrapped` backend renamed `software`.
+const MIGRATE_0_TO_1: &str = "
+ALTER TABLE versions ADD COLUMN master_name TEXT;
+ALTER TABLE versions ADD COLUMN master_version INTEGER;
+ALTER TABLE versions ADD COLUMN aad_bound INTEGER NOT NULL DEFAULT 0;
+UPDATE keys SET backend = 'software' WHERE backend = 'wrapped';
 ";
 
 impl Store {
@@ -73,8 +91,65 @@ impl Store {
         // free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn })
+        let mut store = Store { conn };
+        store.migrate(path)?;
+        Ok(store)
+    }
+
+    /// Brings the schema to [`SCHEMA_VERSION`]: creates it in a new file, migrates an older one
+    /// (one transaction per step), refuses a newer one.
+    fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
+        let corrupt = |m: String| StoreError::Corrupt(path.display().to_string(), m);
+        let tx = self.conn.transaction()?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let has_tables = tx
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keys'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        match version {
+            v if v > SCHEMA_VERSION => {
+                return Err(corrupt(format!(
+                    "registry schema {v} is newer than this daemon's ({SCHEMA_VERSION})"
+                )))
+            }
+            SCHEMA_VERSION => return Ok(()),
+            0 if !has_tables => tx.execute_batch(SCHEMA)?,
+            0 => {
+                tx.execute_batch(MIGRATE_0_TO_1)?;
+                // The one place the old `name:vN` text is parsed: into typed columns.
+                let rows: Vec<(String, u32, String)> = tx
+                    .prepare(
+                        "SELECT v.name, v.version, v.backend_ref FROM versions v
+                         JOIN keys k ON k.name = v.name WHERE k.backend = 'software'",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (name, version, reference) in rows {
+                    let (master, mver) = reference
+                        .rsplit_once(":v")
+                        .and_then(|(n, v)| v.parse::<u32>().ok().map(|v| (n.to_owned(), v)))
+                        .ok_or_else(|| {
+                            corrupt(format!(
+                                "`{name}` v{version}: master reference `{reference}` is not `name:vN`"
+                            ))
+                        })?;
+                    tx.execute(
+                        "UPDATE versions SET master_name = ?3, master_version = ?4, backend_ref = ''
+                         WHERE name = ?1 AND version = ?2",
+                        params![name, version, master, mver],
+                    )?;
+                }
+                tracing::info!(registry = %path.display(), "registry migrated from schema 0 to 1");
+            }
+            v => return Err(corrupt(format!("unknown registry schema {v}"))),
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Loads every key with its versions.
@@ -116,7 +191,7 @@ impl Store {
     fn load_versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT version, state, created, not_after, backend_ref, public_der, public_tpmt,
-                    thumbprint, wrapped
+                    thumbprint, wrapped, master_name, master_version, aad_bound
              FROM versions WHERE name = ?1 ORDER BY version",
         )?;
         let rows = stmt.query_map([name], |r| {
@@ -130,11 +205,42 @@ impl Store {
                 r.get::<_, Option<Vec<u8>>>(6)?,
                 r.get::<_, Option<Vec<u8>>>(7)?,
                 r.get::<_, Option<Vec<u8>>>(8)?,
+                (
+                    r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<u32>>(10)?,
+                    r.get::<_, bool>(11)?,
+                ),
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (version, state, created, not_after, backend_ref, der, tpmt, thumb, wrapped) = row?;
+            let (version, state, created, not_after, backend_ref, der, tpmt, thumb, wrapped, m) =
+                row?;
+            let (master_name, master_version, aad_bound) = m;
+            let master = match (master_name, master_version) {
+                (Some(name), Some(version)) => Some(MasterRef { name, version }),
+                (None, None) => None,
+                _ => {
+                    return Err(StoreError::Corrupt(
+                        name.to_owned(),
+                        "master reference".into(),
+                    ))
+                }
+            };
+            let sealed = match (wrapped, &master) {
+                (Some(blob), Some(m)) => Some(SealedSecret {
+                    blob,
+                    master: m.clone(),
+                    aad_bound,
+                }),
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(StoreError::Corrupt(
+                        name.to_owned(),
+                        "wrapped secret without its master".into(),
+                    ))
+                }
+            };
             let thumbprint = match thumb {
                 None => None,
                 Some(t) => Some(<[u8; 32]>::try_from(t.as_slice()).map_err(|_| {
@@ -151,7 +257,8 @@ impl Store {
                 public_der: der,
                 public_tpmt: tpmt,
                 thumbprint,
-                wrapped,
+                sealed,
+                master,
             });
         }
         Ok(out)
@@ -228,6 +335,15 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a version's wrapped secret with one bound to it by AAD.
+    pub fn set_sealed(&mut self, name: &str, version: u32, blob: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE versions SET wrapped = ?3, aad_bound = 1 WHERE name = ?1 AND version = ?2",
+            params![name, version, blob],
+        )?;
+        Ok(())
+    }
+
     /// True if a key with this name exists.
     pub fn exists(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self
@@ -245,8 +361,9 @@ fn insert_version(
 ) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO versions (name, version, state, created, not_after, backend_ref, public_der,
-                               public_tpmt, thumbprint, wrapped)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                               public_tpmt, thumbprint, wrapped, master_name, master_version,
+                               aad_bound)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             name,
             v.version,
@@ -257,7 +374,10 @@ fn insert_version(
             v.public_der,
             v.public_tpmt,
             v.thumbprint.map(|t| t.to_vec()),
-            v.wrapped
+            v.sealed.as_ref().map(|s| &s.blob),
+            v.master.as_ref().map(|m| &m.name),
+            v.master.as_ref().map(|m| m.version),
+            v.sealed.as_ref().is_some_and(|s| s.aad_bound),
         ],
     )?;
     Ok(())

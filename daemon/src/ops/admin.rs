@@ -2,11 +2,11 @@
 //! they are acknowledged and take effect at once.
 
 use custody_proto::ops::{
-    KeyCreateArgs, KeyInfo, KeyListArgs, KeyListResult, KeyNameArgs, KeyVersionArgs, VersionInfo,
+    KeyCreateArgs, KeyInfo, KeyListArgs, KeyListResult, KeyNameArgs, KeyVersionArgs, KeysCreate,
+    KeysDestroy, KeysList, KeysRetire, KeysRotate, KeysShow, Op, VersionInfo,
 };
-use custody_proto::Request;
 
-use super::{encode, Ctx, OpResult};
+use super::{Ctx, Handle};
 use crate::backend::{BackendKind, KeyKind, Template};
 use crate::error::OpError;
 use crate::keys::{CreateSpec, KeyRecord};
@@ -33,101 +33,103 @@ pub fn info(rec: &KeyRecord) -> KeyInfo {
     }
 }
 
-/// `keys.create`.
-pub async fn create(ctx: &mut Ctx, req: &Request) -> OpResult {
-    let a: KeyCreateArgs = req.args()?;
-    ctx.authorize(Some(&a.name))?;
-    if let Some(m) = &a.master {
-        // Wrapping under a master key is a use of that key.
-        ctx.authorize(Some(m))?;
-    }
-    let spec = CreateSpec {
-        kind: KeyKind::parse(&a.kind).ok_or_else(|| {
-            OpError::bad(format!(
-                "unknown kind `{}` (rsa2048-sign, rsa2048-oaep, aes256)",
-                a.kind.escape_default()
-            ))
-        })?,
-        backend: BackendKind::parse(&a.backend).ok_or_else(|| {
-            OpError::bad(format!(
-                "unknown backend `{}` (tpm, pkcs11, wrapped)",
-                a.backend.escape_default()
-            ))
-        })?,
-        template: match a.template.as_deref() {
-            None => Template::Default,
-            Some(t) => Template::parse(t).ok_or_else(|| {
+/// `what` names, for an error message listing the allowed values.
+fn one_of<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str) -> String {
+    all.iter().map(|t| name(*t)).collect::<Vec<_>>().join(", ")
+}
+
+impl Handle for KeysCreate {
+    async fn handle(ctx: &mut Ctx, a: KeyCreateArgs) -> Result<KeyInfo, OpError> {
+        let spec = CreateSpec {
+            kind: KeyKind::parse(&a.kind).ok_or_else(|| {
                 OpError::bad(format!(
-                    "unknown template `{}` (default, mosip)",
-                    t.escape_default()
+                    "unknown kind `{}` ({})",
+                    a.kind.escape_default(),
+                    one_of(&KeyKind::ALL, KeyKind::as_str)
                 ))
             })?,
-        },
-        name: a.name,
-        master: a.master,
-        validity_days: a.validity_days,
-        pre_expire_days: a.pre_expire_days,
-    };
-    let rec = ctx
-        .blocking_keygen(move |app| app.keys.create(&spec))
-        .await?;
-    ctx.version = rec.current().map(|v| v.version);
-    encode(&info(&rec))
+            backend: BackendKind::parse(&a.backend).ok_or_else(|| {
+                OpError::bad(format!(
+                    "unknown backend `{}` ({}; `wrapped` is the old name of software)",
+                    a.backend.escape_default(),
+                    one_of(&BackendKind::ALL, BackendKind::as_str)
+                ))
+            })?,
+            template: match a.template.as_deref() {
+                None => Template::Default,
+                Some(t) => Template::parse(t).ok_or_else(|| {
+                    OpError::bad(format!(
+                        "unknown template `{}` ({})",
+                        t.escape_default(),
+                        one_of(&Template::ALL, Template::as_str)
+                    ))
+                })?,
+            },
+            name: a.name,
+            master: a.master,
+            validity_days: a.validity_days,
+            pre_expire_days: a.pre_expire_days,
+        };
+        let rec = ctx
+            .blocking_keygen(move |app| app.keys.create(&spec))
+            .await?;
+        ctx.version = rec.current().map(|v| v.version);
+        Ok(info(&rec))
+    }
 }
 
-/// `keys.list`.
-pub async fn list(ctx: &mut Ctx, req: &Request) -> OpResult {
-    let _: KeyListArgs = req.args()?;
-    ctx.authorize(None)?;
-    // Only the keys the caller's roles cover for `keys.list`.
-    let policy = ctx.app.policy();
-    let keys = ctx
-        .app
-        .keys
-        .list()
-        .iter()
-        .filter(|r| policy.check(&ctx.peer, ctx.op, Some(&r.name)).is_ok())
-        .map(|r| info(r))
-        .collect();
-    encode(&KeyListResult { keys })
+impl Handle for KeysList {
+    async fn handle(ctx: &mut Ctx, _a: KeyListArgs) -> Result<KeyListResult, OpError> {
+        // Only the keys the caller's roles cover for `keys.list`.
+        let policy = ctx.app.policy();
+        let keys = ctx
+            .app
+            .keys
+            .list()
+            .iter()
+            .filter(|r| {
+                policy
+                    .check(&ctx.peer, KeysList::NAME, Some(&r.name))
+                    .is_ok()
+            })
+            .map(|r| info(r))
+            .collect();
+        Ok(KeyListResult { keys })
+    }
 }
 
-/// `keys.show`.
-pub async fn show(ctx: &mut Ctx, req: &Request) -> OpResult {
-    let a: KeyNameArgs = req.args()?;
-    ctx.authorize(Some(&a.name))?;
-    encode(&info(&*ctx.app.keys.get(&a.name)?))
+impl Handle for KeysShow {
+    async fn handle(ctx: &mut Ctx, a: KeyNameArgs) -> Result<KeyInfo, OpError> {
+        Ok(info(&*ctx.app.keys.get(&a.name)?))
+    }
 }
 
-/// `keys.rotate`.
-pub async fn rotate(ctx: &mut Ctx, req: &Request) -> OpResult {
-    let a: KeyNameArgs = req.args()?;
-    ctx.authorize(Some(&a.name))?;
-    let rec = ctx
-        .blocking_keygen(move |app| app.keys.rotate(&a.name))
-        .await?;
-    ctx.version = rec.current().map(|v| v.version);
-    encode(&info(&rec))
+impl Handle for KeysRotate {
+    async fn handle(ctx: &mut Ctx, a: KeyNameArgs) -> Result<KeyInfo, OpError> {
+        let rec = ctx
+            .blocking_keygen(move |app| app.keys.rotate(&a.name))
+            .await?;
+        ctx.version = rec.current().map(|v| v.version);
+        Ok(info(&rec))
+    }
 }
 
-/// `keys.retire`.
-pub async fn retire(ctx: &mut Ctx, req: &Request) -> OpResult {
-    let a: KeyVersionArgs = req.args()?;
-    ctx.authorize(Some(&a.name))?;
-    ctx.version = Some(a.version);
-    let rec = ctx
-        .blocking(move |app| app.keys.retire(&a.name, a.version))
-        .await?;
-    encode(&info(&rec))
+impl Handle for KeysRetire {
+    async fn handle(ctx: &mut Ctx, a: KeyVersionArgs) -> Result<KeyInfo, OpError> {
+        ctx.version = Some(a.version);
+        let rec = ctx
+            .blocking(move |app| app.keys.retire(&a.name, a.version))
+            .await?;
+        Ok(info(&rec))
+    }
 }
 
-/// `keys.destroy`.
-pub async fn destroy(ctx: &mut Ctx, req: &Request) -> OpResult {
-    let a: KeyVersionArgs = req.args()?;
-    ctx.authorize(Some(&a.name))?;
-    ctx.version = Some(a.version);
-    let rec = ctx
-        .blocking(move |app| app.keys.destroy(&a.name, a.version))
-        .await?;
-    encode(&info(&rec))
+impl Handle for KeysDestroy {
+    async fn handle(ctx: &mut Ctx, a: KeyVersionArgs) -> Result<KeyInfo, OpError> {
+        ctx.version = Some(a.version);
+        let rec = ctx
+            .blocking(move |app| app.keys.destroy(&a.name, a.version))
+            .await?;
+        Ok(info(&rec))
+    }
 }

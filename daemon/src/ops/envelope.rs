@@ -1,12 +1,15 @@
 //! `envelope.seal` and `envelope.open`: MOSIP's `VER_R2` hybrid envelope, byte-exact.
 
-use custody_proto::ops::{OpenArgs, SealArgs, SealResult};
-use custody_proto::Request;
+use custody_proto::ops::{
+    EnvelopeOpen, EnvelopeSeal, Op, OpenArgs, PlaintextResult, SealArgs, SealResult,
+};
 
-use super::keyuse::{decrypt_version, oaep_decrypt, Recipient};
-use super::{encode, plaintext_result, Ctx, OpResult};
+use super::keyuse::{oaep_decrypt, Recipient};
+use super::{plaintext_result, Ctx, Handle};
+use crate::backend::KeyKind;
 use crate::error::OpError;
 use crate::format::envelope;
+use crate::keys::Selector;
 
 impl From<envelope::EnvelopeError> for OpError {
     fn from(e: envelope::EnvelopeError) -> Self {
@@ -23,48 +26,44 @@ impl From<envelope::EnvelopeError> for OpError {
     }
 }
 
-/// `envelope.seal`: to the current version of a named key, or to an external public key.
-pub async fn seal(ctx: &mut Ctx, req: &Request) -> OpResult {
-    let a: SealArgs = req.args()?;
-    let name = match (&a.key, &a.public_key) {
-        (Some(k), None) => Some(k.clone()),
-        (None, Some(_)) => None,
-        _ => return Err(OpError::bad("give exactly one of `key` and `public_key`")),
-    };
-    ctx.authorize(name.as_deref())?;
-    let r = ctx
-        .blocking(move |app| {
-            let to = match (name, a.public_key) {
-                (Some(n), _) => Recipient::named(app, &n, "envelope.seal")?.1,
-                (None, Some(spki)) => Recipient::external(spki)?,
-                (None, None) => return Err(OpError::bad("no recipient")),
-            };
-            let env = envelope::seal_with(&a.plaintext, &to.thumbprint, |k| to.wrap(&k[..]))?;
-            Ok(SealResult {
-                envelope: env,
-                thumbprint: to.thumbprint.to_vec(),
-                version: to.version,
+impl Handle for EnvelopeSeal {
+    /// To the current version of a named key, or to an external public key (exactly one, checked
+    /// by the op's declared rights).
+    async fn handle(ctx: &mut Ctx, a: SealArgs) -> Result<SealResult, OpError> {
+        let r = ctx
+            .blocking(move |app| {
+                let to = Recipient::of(app, a.key.as_deref(), a.public_key, EnvelopeSeal::NAME)?;
+                let env = envelope::seal_with(&a.plaintext, &to.thumbprint, |k| to.wrap(&k[..]))?;
+                Ok(SealResult {
+                    envelope: env,
+                    thumbprint: to.thumbprint.to_vec(),
+                    version: to.version,
+                })
             })
-        })
-        .await?;
-    ctx.version = r.version;
-    encode(&r)
+            .await?;
+        ctx.version = r.version;
+        Ok(r)
+    }
 }
 
-/// `envelope.open`: the key version is the one whose thumbprint the envelope carries.
-pub async fn open(ctx: &mut Ctx, req: &Request) -> OpResult {
-    let a: OpenArgs = req.args()?;
-    ctx.authorize(Some(&a.key))?;
-    let key = a.key.clone();
-    let (version, plaintext) = ctx
-        .blocking(move |app| {
-            let parsed = envelope::parse(&a.envelope)?;
-            let rec = app.keys.get(&key)?;
-            let v = decrypt_version(&rec, None, Some(&parsed.thumbprint[..]))?;
-            let data_key = oaep_decrypt(app, &rec, v, parsed.wrapped_key, &[], "envelope.open")?;
-            let pt = envelope::open_with(&parsed, &data_key)?;
-            Ok((v.version, pt))
-        })
-        .await?;
-    plaintext_result(ctx, a.key, version, &plaintext)
+impl Handle for EnvelopeOpen {
+    /// The key version is the one whose thumbprint the envelope carries.
+    async fn handle(ctx: &mut Ctx, a: OpenArgs) -> Result<PlaintextResult, OpError> {
+        let key = a.key.clone();
+        let (version, plaintext) = ctx
+            .blocking(move |app| {
+                let parsed = envelope::parse(&a.envelope)?;
+                let k = app.keys.resolve(
+                    &key,
+                    KeyKind::Rsa2048Oaep,
+                    EnvelopeOpen::NAME,
+                    Selector::Thumbprint(&parsed.thumbprint[..]),
+                )?;
+                let data_key = oaep_decrypt(&k, parsed.wrapped_key, &[])?;
+                let pt = envelope::open_with(&parsed, &data_key)?;
+                Ok((k.number(), pt))
+            })
+            .await?;
+        plaintext_result(ctx, a.key, version, &plaintext)
+    }
 }

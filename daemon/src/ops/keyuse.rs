@@ -1,7 +1,5 @@
-//! Helpers shared by the operations that use a key: choosing the version, calling the backend,
-//! encrypting to a public key.
-
-use std::sync::Arc;
+//! Helpers shared by the operations that use a key: OAEP decryption with one error for every
+//! failure, the signature scheme, encrypting to a recipient.
 
 use custody_proto::ErrorCode;
 use rsa::pkcs8::DecodePublicKey;
@@ -13,7 +11,7 @@ use zeroize::Zeroizing;
 use crate::backend::{BackendError, KeyKind, SignScheme};
 use crate::error::OpError;
 use crate::format::thumbprint::thumbprint;
-use crate::keys::{require_kind, usable, KeyRecord, VersionRecord};
+use crate::keys::{KeyVersion, Selector};
 use crate::state::App;
 
 /// Largest OAEP label accepted.
@@ -42,59 +40,12 @@ pub fn scheme(s: Option<&str>) -> Result<SignScheme, OpError> {
     }
 }
 
-/// The version chosen for a decryption: by number, else by thumbprint prefix, else current.
-pub fn decrypt_version<'a>(
-    rec: &'a KeyRecord,
-    version: Option<u32>,
-    thumb_prefix: Option<&[u8]>,
-) -> Result<&'a VersionRecord, OpError> {
-    let v = if let Some(n) = version {
-        rec.version(n).ok_or_else(|| {
-            OpError::new(
-                ErrorCode::NotFound,
-                format!("key `{}` has no version {n}", rec.name),
-            )
-        })?
-    } else if let Some(p) = thumb_prefix {
-        if p.is_empty() || p.len() > 32 {
-            return Err(OpError::bad("a thumbprint prefix has 1 to 32 bytes"));
-        }
-        let mut hits = rec
-            .versions
-            .iter()
-            .filter(|v| v.thumbprint.is_some_and(|t| t.starts_with(p)));
-        let first = hits.next().ok_or_else(|| {
-            OpError::new(
-                ErrorCode::NotFound,
-                format!("no version of `{}` has that thumbprint", rec.name),
-            )
-        })?;
-        if hits.next().is_some() {
-            return Err(OpError::bad("thumbprint prefix matches several versions"));
-        }
-        first
-    } else {
-        rec.current().ok_or_else(|| {
-            OpError::new(
-                ErrorCode::KeyRetired,
-                format!("key `{}` has no active version", rec.name),
-            )
-        })?
-    };
-    usable(rec, v)?;
-    Ok(v)
-}
-
-/// RSA-OAEP-SHA256 decryption with a version of an `rsa2048-oaep` key.
+/// RSA-OAEP-SHA256 decryption with a resolved version of an `rsa2048-oaep` key.
 pub fn oaep_decrypt(
-    app: &App,
-    rec: &KeyRecord,
-    v: &VersionRecord,
+    k: &KeyVersion,
     ciphertext: &[u8],
     label: &[u8],
-    op: &str,
 ) -> Result<Zeroizing<Vec<u8>>, OpError> {
-    require_kind(rec, KeyKind::Rsa2048Oaep, op)?;
     if ciphertext.len() != 256 {
         return Err(OpError::bad(format!(
             "RSA-2048 ciphertext is 256 bytes; got {}",
@@ -104,19 +55,16 @@ pub fn oaep_decrypt(
     if label.len() > MAX_LABEL {
         return Err(OpError::bad("OAEP label is limited to 1024 bytes"));
     }
-    app.keys
-        .backend(rec.backend)?
-        .decrypt_oaep(&v.backend_ref, ciphertext, label)
-        .map_err(|e| match e {
-            // Whatever the device says about a failed decryption, the caller hears one thing.
-            BackendError::Integrity(_) => decryption_failed(&e),
-            BackendError::Internal(_) => {
-                // Possibly a real device fault: operators must see it, the caller must not.
-                tracing::warn!(key = %rec.name, "decryption: {e}");
-                decryption_failed(&e)
-            }
-            other => other.into(),
-        })
+    k.decrypt_oaep(ciphertext, label).map_err(|e| match e {
+        // Whatever the device says about a failed decryption, the caller hears one thing.
+        BackendError::Integrity(_) => decryption_failed(&e),
+        BackendError::Internal(_) => {
+            // Possibly a real device fault: operators must see it, the caller must not.
+            tracing::warn!(key = %k.key().name, "decryption: {e}");
+            decryption_failed(&e)
+        }
+        other => other.into(),
+    })
 }
 
 /// The recipient of a (re-)encryption: a named key's current version or an external key.
@@ -129,21 +77,33 @@ pub struct Recipient {
 }
 
 impl Recipient {
+    /// The current version of the named key, or the external key: exactly one is given.
+    pub fn of(
+        app: &App,
+        name: Option<&str>,
+        spki: Option<Vec<u8>>,
+        op: &str,
+    ) -> Result<Recipient, OpError> {
+        match (name, spki) {
+            (Some(n), None) => Recipient::named(app, n, op),
+            (None, Some(spki)) => Recipient::external(spki),
+            _ => Err(OpError::bad("give exactly one recipient")),
+        }
+    }
+
     /// The current version of a named `rsa2048-oaep` key.
-    pub fn named(app: &App, name: &str, op: &str) -> Result<(Arc<KeyRecord>, Recipient), OpError> {
-        // Kind first: a wrong-kind request must not trigger an automatic rotation.
-        require_kind(&*app.keys.get(name)?, KeyKind::Rsa2048Oaep, op)?;
-        let (rec, ver) = app.keys.current(name)?;
-        let v = rec
-            .version(ver)
-            .ok_or_else(|| OpError::internal("current version vanished"))?;
-        let spki = v
+    pub fn named(app: &App, name: &str, op: &str) -> Result<Recipient, OpError> {
+        let k = app
+            .keys
+            .resolve(name, KeyKind::Rsa2048Oaep, op, Selector::Current)?;
+        let spki = k
+            .record()
             .public_der
             .clone()
             .ok_or_else(|| OpError::internal(format!("no public key recorded for `{name}`")))?;
         let mut r = Recipient::external(spki)?;
-        r.version = Some(ver);
-        Ok((rec, r))
+        r.version = Some(k.number());
+        Ok(r)
     }
 
     /// An external RSA-2048 public key (DER SubjectPublicKeyInfo).

@@ -1,5 +1,7 @@
-//! Operations: argument decoding, authorization, audit and counting around each op family.
-//! Handlers never know which backend holds a key.
+//! Operations: one file per op family, each op a [`Handle`] impl for the op type declared in
+//! proto. Dispatch (generated from proto's op list) decodes the arguments, authorizes the rights
+//! the op declares, runs the handler, audits and counts. Handlers never know which backend holds
+//! a key.
 
 mod admin;
 mod basic;
@@ -14,9 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ciborium::Value;
-use custody_proto::ops::names;
+use custody_proto::ops::{Op, PlaintextResult};
 use custody_proto::{ErrorCode, Request, Response, WireError};
-use serde::Serialize;
 
 use crate::audit::Record;
 use crate::auth::Peer;
@@ -42,23 +43,17 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Checks that the caller may run this op on `key` (None: an op without a key); records
-    /// the key and role for the audit line.
-    pub fn authorize(&mut self, key: Option<&str>) -> Result<(), OpError> {
-        self.authorize_as(self.op, key)
-    }
-
-    /// Like [`Ctx::authorize`] but checks another op name (e.g. `rewrap.external`, a stronger
-    /// right than `rewrap`). The first key checked is the audit line's `key`, a second one its
-    /// `target`.
-    pub fn authorize_as(&mut self, op: &str, key: Option<&str>) -> Result<(), OpError> {
+    /// Checks that the caller has `right` on `key` (None: an op without a key); records the key
+    /// and role for the audit line. The first key checked is the audit line's `key`, a second one
+    /// its `target`. Only [`run`] calls this, from the op's declared rights, before the handler.
+    fn authorize(&mut self, right: &str, key: Option<&str>) -> Result<(), OpError> {
         if self.key.is_none() {
             self.key = key.map(str::to_owned);
         } else if self.target.is_none() && key != self.key.as_deref() {
             self.target = key.map(str::to_owned);
         }
         let policy = self.app.policy();
-        let role = policy.check(&self.peer, op, key)?;
+        let role = policy.check(&self.peer, right, key)?;
         if self.role.is_none() {
             self.role = Some(role.to_owned());
         }
@@ -109,28 +104,66 @@ impl Ctx {
     }
 }
 
-/// Encodes a typed result.
-pub fn encode<T: Serialize>(v: &T) -> Result<Value, OpError> {
-    custody_proto::message::to_value(v).map_err(OpError::from)
+/// An operation's handler: runs after the request's arguments decoded and every right the op
+/// declares ([`Op::access`]) was granted, so a handler cannot forget authorization.
+pub(crate) trait Handle: Op {
+    /// Executes the op.
+    async fn handle(ctx: &mut Ctx, args: Self::Args) -> Result<Self::Result, OpError>;
 }
 
 type OpResult = Result<Value, OpError>;
 
+/// Decodes the arguments of `O`, authorizes every right it declares, runs its handler, encodes
+/// the result.
+async fn run<O: Handle>(ctx: &mut Ctx, req: Request) -> OpResult {
+    let args: O::Args = req.args()?;
+    for a in O::access(&args)? {
+        ctx.authorize(a.right, a.key)?;
+    }
+    let result = O::handle(ctx, args).await?;
+    custody_proto::message::to_value(&result).map_err(OpError::from)
+}
+
 /// The result of an op that returns a plaintext (`decrypt`, `unwrap`, `envelope.open`); records the
 /// version for the audit line.
-pub fn plaintext_result(ctx: &mut Ctx, key: String, version: u32, plaintext: &[u8]) -> OpResult {
+pub fn plaintext_result(
+    ctx: &mut Ctx,
+    key: String,
+    version: u32,
+    plaintext: &[u8],
+) -> Result<PlaintextResult, OpError> {
     ctx.version = Some(version);
-    encode(&custody_proto::ops::PlaintextResult {
+    Ok(PlaintextResult {
         key,
         version,
         plaintext: plaintext.to_vec(),
     })
 }
 
+/// The dispatch table, generated from the op list in proto: every op there must have a
+/// [`Handle`] impl or this does not compile.
+macro_rules! dispatch_table {
+    ($( ($ty:ident, $method:ident, $cname:ident, $name:literal, $args:ty, $res:ty,
+         |$a:ident| $access:expr); )*) => {
+        /// Every op this daemon dispatches (all of `names::ALL` but `hello`).
+        pub const DISPATCHED: &[&str] = &[$($name),*];
+
+        async fn run_op(op: &'static str, ctx: &mut Ctx, req: Request) -> OpResult {
+            match op {
+                $( $name => run::<custody_proto::ops::$ty>(ctx, req).await, )*
+                _ => Err(OpError::new(ErrorCode::UnknownOp, format!("unknown op `{op}`"))),
+            }
+        }
+    };
+}
+
+custody_proto::for_each_op!(dispatch_table);
+
 /// Runs one request: decode, authorize, execute, audit, count.
 pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
     let start = Instant::now();
-    let op = names::ALL.iter().copied().find(|n| *n == req.op);
+    let id = req.id;
+    let op = DISPATCHED.iter().copied().find(|n| *n == req.op);
     let Some(op) = op else {
         app.stats.count(&req.op, false);
         let shown: String = req
@@ -165,29 +198,7 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
         version: None,
         target: None,
     };
-    let result: OpResult = match op {
-        names::PING => basic::ping(&mut ctx, &req).await,
-        names::STATUS => basic::status(&mut ctx, &req).await,
-        names::KEYS_CREATE => admin::create(&mut ctx, &req).await,
-        names::KEYS_LIST => admin::list(&mut ctx, &req).await,
-        names::KEYS_SHOW => admin::show(&mut ctx, &req).await,
-        names::KEYS_ROTATE => admin::rotate(&mut ctx, &req).await,
-        names::KEYS_RETIRE => admin::retire(&mut ctx, &req).await,
-        names::KEYS_DESTROY => admin::destroy(&mut ctx, &req).await,
-        names::KEYS_PUBLIC => public::public(&mut ctx, &req).await,
-        names::SIGN => sign::sign(&mut ctx, &req).await,
-        names::SIGN_BATCH => sign::sign_batch(&mut ctx, &req).await,
-        names::SIGN_JWT => sign::sign_jwt(&mut ctx, &req).await,
-        names::DECRYPT => decrypt::decrypt(&mut ctx, &req).await,
-        names::UNWRAP => decrypt::unwrap(&mut ctx, &req).await,
-        names::ENVELOPE_SEAL => envelope::seal(&mut ctx, &req).await,
-        names::ENVELOPE_OPEN => envelope::open(&mut ctx, &req).await,
-        names::REWRAP => rewrap::rewrap(&mut ctx, &req).await,
-        _ => Err(OpError::new(
-            ErrorCode::UnknownOp,
-            format!("unknown op `{op}`"),
-        )),
-    };
+    let result = run_op(op, &mut ctx, req).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code.as_str(),
@@ -205,10 +216,23 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
     record.target = ctx.target.as_deref();
     app.audit.write(&record);
     match result {
-        Ok(v) => Response {
-            id: req.id,
-            result: Ok(v),
-        },
-        Err(e) => Response::err(req.id, e.into()),
+        Ok(v) => Response { id, result: Ok(v) },
+        Err(e) => Response::err(id, e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_is_dispatched() {
+        for name in custody_proto::ops::names::ALL {
+            // `hello` is answered by the connection before dispatch.
+            if *name != custody_proto::ops::names::HELLO {
+                assert!(DISPATCHED.contains(name), "op `{name}` is not dispatched");
+            }
+        }
+        assert_eq!(DISPATCHED.len() + 1, custody_proto::ops::names::ALL.len());
     }
 }

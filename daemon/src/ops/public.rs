@@ -2,10 +2,10 @@
 //! MOSIP key index.
 
 use base64::Engine;
-use custody_proto::ops::{PublicKeyArgs, PublicKeyResult};
-use custody_proto::{ErrorCode, Request};
+use custody_proto::ops::{KeysPublic, PublicKeyArgs, PublicKeyResult};
+use custody_proto::ErrorCode;
 
-use super::{encode, Ctx, OpResult};
+use super::{Ctx, Handle};
 use crate::error::OpError;
 use crate::format::thumbprint::key_index;
 use crate::keys::VersionRecord;
@@ -31,51 +31,50 @@ pub fn version_key_index(v: &VersionRecord) -> Option<String> {
         .map(key_index)
 }
 
-/// `keys.public`.
-pub async fn public(ctx: &mut Ctx, req: &Request) -> OpResult {
-    let a: PublicKeyArgs = req.args()?;
-    ctx.authorize(Some(&a.name))?;
-    let rec = ctx.app.keys.get(&a.name)?;
-    let v = match a.version {
-        Some(n) => rec.version(n),
-        None => rec.current(),
-    }
-    .ok_or_else(|| {
-        OpError::new(
-            ErrorCode::NotFound,
-            format!("no such version of `{}`", a.name),
-        )
-    })?;
-    ctx.version = Some(v.version);
-    let (Some(der), Some(thumb)) = (v.public_der.as_ref(), v.thumbprint) else {
-        return Err(OpError::new(
-            ErrorCode::WrongKind,
-            format!("`{}` is {}: it has no public key", rec.name, rec.kind),
-        ));
-    };
-    let format = a.format.as_deref().unwrap_or("der");
-    let data = match format {
-        "der" => der.clone(),
-        "pem" => pem(der).into_bytes(),
-        "tpmt" => v.public_tpmt.clone().ok_or_else(|| {
-            OpError::new(
-                ErrorCode::WrongKind,
-                format!("`{}` is not a TPM key: no TPMT_PUBLIC", rec.name),
-            )
-        })?,
-        o => {
-            return Err(OpError::bad(format!(
-                "unknown format `{}` (der, pem, tpmt)",
-                o.escape_default()
-            )))
+impl Handle for KeysPublic {
+    async fn handle(ctx: &mut Ctx, a: PublicKeyArgs) -> Result<PublicKeyResult, OpError> {
+        let rec = ctx.app.keys.get(&a.name)?;
+        let v = match a.version {
+            Some(n) => rec.version(n),
+            None => rec.current(),
         }
-    };
-    encode(&PublicKeyResult {
-        name: rec.name.clone(),
-        version: v.version,
-        format: format.into(),
-        data,
-        thumbprint: thumb.to_vec(),
-        key_index: version_key_index(v).unwrap_or_default(),
-    })
+        .ok_or_else(|| {
+            OpError::new(
+                ErrorCode::NotFound,
+                format!("no such version of `{}`", a.name),
+            )
+        })?;
+        ctx.version = Some(v.version);
+        let (Some(der), Some(thumb)) = (v.public_der.as_ref(), v.thumbprint) else {
+            return Err(OpError::new(
+                ErrorCode::WrongKind,
+                format!("`{}` is {}: it has no public key", rec.name, rec.kind),
+            ));
+        };
+        let format = a.format.as_deref().unwrap_or("der");
+        let data = match format {
+            "der" => der.clone(),
+            "pem" => pem(der).into_bytes(),
+            "tpmt" => v.public_tpmt.clone().ok_or_else(|| {
+                OpError::new(
+                    ErrorCode::WrongKind,
+                    format!("`{}` is not a TPM key: no TPMT_PUBLIC", rec.name),
+                )
+            })?,
+            o => {
+                return Err(OpError::bad(format!(
+                    "unknown format `{}` (der, pem, tpmt)",
+                    o.escape_default()
+                )))
+            }
+        };
+        Ok(PublicKeyResult {
+            name: rec.name.clone(),
+            version: v.version,
+            format: format.into(),
+            data,
+            thumbprint: thumb.to_vec(),
+            key_index: version_key_index(v).unwrap_or_default(),
+        })
+    }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use custody_daemon::backend::pkcs11::{OaepMode, Pkcs11Backend, Pkcs11Config};
 use custody_daemon::backend::tpm::{TpmBackend, TpmConfig};
-use custody_daemon::backend::{Backend, KeyKind, NewKey, SignScheme, Template};
+use custody_daemon::backend::{Backend, KeyKind, KeyRef, NewKey, SignScheme, Template};
 use custody_daemon::format::envelope;
 use custody_e2e::proto::ops::{
     names, KeyCreateArgs, OpenArgs, PingArgs, PublicKeyArgs, PublicKeyResult, SignArgs, UnwrapArgs,
@@ -191,7 +191,7 @@ impl Bench {
     fn call<A: Serialize, R: serde::de::DeserializeOwned>(&self, op: &str, args: &A) -> R {
         let c = self.rt.block_on(self.daemon.async_client());
         self.rt
-            .block_on(c.call(op, args))
+            .block_on(c.call_untyped(op, args))
             .unwrap_or_else(|e| panic!("{op}: {e}\n{}", self.daemon.stderr()))
     }
 
@@ -268,6 +268,7 @@ fn main() {
         version: 1,
         kind,
         template: Template::Default,
+        master: None,
     };
     let d_sign = p11
         .create(&new("bench-direct-sign", KeyKind::Rsa2048Sign))
@@ -339,8 +340,12 @@ fn main() {
 
     // 1. HSM RSA-2048 sign, PKCS#1 v1.5.
     let sign_direct = || {
-        p11.sign(&d_sign.backend_ref, &digest, SignScheme::Pkcs1v15)
-            .expect("direct HSM sign");
+        p11.sign(
+            &KeyRef::object(&d_sign.backend_ref),
+            &digest,
+            SignScheme::Pkcs1v15,
+        )
+        .expect("direct HSM sign");
     };
     for (callers, label, reference) in [
         (1usize, "1", reference::HSM_SIGN_1),
@@ -374,7 +379,7 @@ fn main() {
             },
             || {
                 let k = p11
-                    .decrypt_oaep(&d_oaep.backend_ref, &d_wrapped, &[])
+                    .decrypt_oaep(&KeyRef::object(&d_oaep.backend_ref), &d_wrapped, &[])
                     .expect("direct unwrap");
                 assert_eq!(k.len(), 32);
             },
@@ -405,7 +410,11 @@ fn main() {
             || {
                 let parsed = envelope::parse(&d_env).expect("parse");
                 let key = p11
-                    .decrypt_oaep(&d_oaep.backend_ref, parsed.wrapped_key, &[])
+                    .decrypt_oaep(
+                        &KeyRef::object(&d_oaep.backend_ref),
+                        parsed.wrapped_key,
+                        &[],
+                    )
                     .expect("direct envelope key");
                 let pt = envelope::open_with(&parsed, &key).expect("open");
                 assert_eq!(pt.len(), 1024);
@@ -445,11 +454,16 @@ fn main() {
                 version: 1,
                 kind: KeyKind::Rsa2048Sign,
                 template: Template::Mosip,
+                master: None,
             })
             .expect("direct MOSIP key");
         let f = || {
-            tpm.sign(&k.backend_ref, &digest, SignScheme::Pkcs1v15)
-                .expect("direct TPM sign");
+            tpm.sign(
+                &KeyRef::object(&k.backend_ref),
+                &digest,
+                SignScheme::Pkcs1v15,
+            )
+            .expect("direct TPM sign");
         };
         for _ in 0..5 {
             f();

@@ -132,3 +132,15 @@ impl OpError {
         }
     }
 }
+
+/// A failed decryption or authentication (`CKR_ENCRYPTED_DATA_INVALID`, `…_LEN_RANGE`, and
+/// SoftHSM's `CKR_GENERAL_ERROR` for a GCM tag mismatch or a ciphertext not below the modulus)
+/// becomes `Integrity` saying `what` failed; anything else stays a PKCS#11 error.
+pub(crate) fn integrity_on(e: Error, what: &str) -> OpError {
+    match rv(&e) {
+        Some(
+            RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange | RvError::GeneralError,
+        ) => OpError::Backend(BackendError::Integrity(format!("{what} failed"))),
+        _ => OpError::Ck(e),
+    }
+}

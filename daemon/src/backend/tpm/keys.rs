@@ -40,7 +40,7 @@ impl MosipKey {
 
 /// A parsed `backend_ref`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyRef {
+pub enum TpmRef {
     /// A MOSIP template primary.
     Mosip(MosipKey),
     /// A persisted default-template key at this TPM handle, with the fingerprint of its public
@@ -58,8 +58,8 @@ pub fn fingerprint(tpmt: &[u8]) -> [u8; 8] {
 }
 
 /// Checks that the object found at a persistent handle is the referenced key.
-pub fn check_fingerprint(key: KeyRef, public: &Public) -> Result<(), BackendError> {
-    if let KeyRef::Persistent(h, Some(expected)) = key {
+pub fn check_fingerprint(key: TpmRef, public: &Public) -> Result<(), BackendError> {
+    if let TpmRef::Persistent(h, Some(expected)) = key {
         let tpmt = public
             .marshall()
             .map_err(|e| BackendError::Internal(format!("marshalling TPMT_PUBLIC: {e}")))?;
@@ -72,13 +72,13 @@ pub fn check_fingerprint(key: KeyRef, public: &Public) -> Result<(), BackendErro
     Ok(())
 }
 
-impl KeyRef {
+impl TpmRef {
     /// Parses a reference; handles outside `[base, base + PERSISTENT_RANGE)` are rejected so a
     /// registry entry can never address (or evict) someone else's persistent object such as the EK.
-    pub fn parse(s: &str, persistent_base: u32) -> Result<KeyRef, BackendError> {
+    pub fn parse(s: &str, persistent_base: u32) -> Result<TpmRef, BackendError> {
         match s {
-            "mosip:sign" => return Ok(KeyRef::Mosip(MosipKey::Sign)),
-            "mosip:encrypt" => return Ok(KeyRef::Mosip(MosipKey::Encrypt)),
+            "mosip:sign" => return Ok(TpmRef::Mosip(MosipKey::Sign)),
+            "mosip:encrypt" => return Ok(TpmRef::Mosip(MosipKey::Encrypt)),
             _ => {}
         }
         let bad = || BackendError::NotFound(format!("not a TPM key reference: {s:?}"));
@@ -95,17 +95,17 @@ impl KeyRef {
                 "persistent handle {handle:#010x} is outside this backend's range"
             )));
         }
-        Ok(KeyRef::Persistent(handle, fp))
+        Ok(TpmRef::Persistent(handle, fp))
     }
 }
 
-impl std::fmt::Display for KeyRef {
+impl std::fmt::Display for TpmRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            KeyRef::Mosip(MosipKey::Sign) => f.write_str("mosip:sign"),
-            KeyRef::Mosip(MosipKey::Encrypt) => f.write_str("mosip:encrypt"),
-            KeyRef::Persistent(h, None) => write!(f, "persistent:{h:#010x}"),
-            KeyRef::Persistent(h, Some(fp)) => {
+            TpmRef::Mosip(MosipKey::Sign) => f.write_str("mosip:sign"),
+            TpmRef::Mosip(MosipKey::Encrypt) => f.write_str("mosip:encrypt"),
+            TpmRef::Persistent(h, None) => write!(f, "persistent:{h:#010x}"),
+            TpmRef::Persistent(h, Some(fp)) => {
                 write!(f, "persistent:{h:#010x}:{}", hex::encode(fp))
             }
         }
@@ -208,20 +208,20 @@ mod tests {
             "mosip:encrypt",
             "persistent:0x81010100:0011223344556677",
         ] {
-            let r = KeyRef::parse(s, base).map(|r| r.to_string());
+            let r = TpmRef::parse(s, base).map(|r| r.to_string());
             assert_eq!(r.ok().as_deref(), Some(s));
         }
-        assert!(KeyRef::parse("persistent:0x81010001", base).is_err());
-        assert!(KeyRef::parse("persistent:0x81010200", base).is_err());
-        assert!(KeyRef::parse("persistent:zz", base).is_err());
+        assert!(TpmRef::parse("persistent:0x81010001", base).is_err());
+        assert!(TpmRef::parse("persistent:0x81010200", base).is_err());
+        assert!(TpmRef::parse("persistent:zz", base).is_err());
         let with_fp = "persistent:0x81010100:0011223344556677";
-        assert_eq!(KeyRef::parse(with_fp, base).unwrap().to_string(), with_fp);
-        assert!(KeyRef::parse("persistent:0x81010100:0011", base).is_err());
+        assert_eq!(TpmRef::parse(with_fp, base).unwrap().to_string(), with_fp);
+        assert!(TpmRef::parse("persistent:0x81010100:0011", base).is_err());
         assert!(
-            KeyRef::parse("persistent:0x81010100", base).is_err(),
+            TpmRef::parse("persistent:0x81010100", base).is_err(),
             "fingerprint required"
         );
-        assert!(KeyRef::parse("persistent:0x81010100:zz11223344556677", base).is_err());
-        assert!(KeyRef::parse("mosip:other", base).is_err());
+        assert!(TpmRef::parse("persistent:0x81010100:zz11223344556677", base).is_err());
+        assert!(TpmRef::parse("mosip:other", base).is_err());
     }
 }

@@ -33,11 +33,11 @@ use std::{
 use zeroize::Zeroizing;
 
 use self::{
-    keys::KeyRef,
+    keys::TpmRef,
     worker::{Request, Worker},
 };
 use super::{
-    Backend, BackendError, BackendKind, CreatedKey, Health, KeyKind, NewKey, PublicKeyInfo,
+    Backend, BackendError, BackendKind, CreatedKey, Health, KeyKind, KeyRef, NewKey, PublicKeyInfo,
     SignScheme,
 };
 
@@ -98,7 +98,6 @@ impl Default for TpmConfig {
 ///   encryption key has the EK policy as authPolicy but also userWithAuth, so a password session
 ///   with its empty auth suffices (no PolicySecret session needed).
 /// - Ciphertext of a length other than 256 bytes is `BadInput`.
-/// - `wrap_secret` / `unwrap_secret`: `Unsupported` (the TPM backend holds no AES keys).
 /// - `destroy`: evicts a persisted key; MOSIP primaries cannot be destroyed (`Unsupported`).
 pub struct TpmBackend {
     tx: Sender<Request>,
@@ -137,8 +136,8 @@ impl TpmBackend {
         &self.cfg
     }
 
-    fn parse(&self, backend_ref: &str) -> Result<KeyRef, BackendError> {
-        KeyRef::parse(backend_ref, self.cfg.persistent_base)
+    fn parse(&self, backend_ref: &str) -> Result<TpmRef, BackendError> {
+        TpmRef::parse(backend_ref, self.cfg.persistent_base)
     }
 
     /// Runs `f` on the worker and waits at most `op_timeout` for its answer.
@@ -217,25 +216,25 @@ impl Backend for TpmBackend {
         self.call_within("create", limit, move |w| w.op_create(kind, template, base))
     }
 
-    fn public_key(&self, backend_ref: &str, kind: KeyKind) -> Result<PublicKeyInfo, BackendError> {
-        let key = self.parse(backend_ref)?;
+    fn public_key(&self, key: &KeyRef<'_>, kind: KeyKind) -> Result<PublicKeyInfo, BackendError> {
+        let key = self.parse(key.object)?;
         self.call("public key read", move |w| w.op_public_key(key, kind))
     }
 
     fn sign(
         &self,
-        backend_ref: &str,
+        key: &KeyRef<'_>,
         digest: &[u8; 32],
         scheme: SignScheme,
     ) -> Result<Vec<u8>, BackendError> {
-        let key = self.parse(backend_ref)?;
+        let key = self.parse(key.object)?;
         let digest = *digest;
         self.call("sign", move |w| w.op_sign(key, &digest, scheme))
     }
 
     fn decrypt_oaep(
         &self,
-        backend_ref: &str,
+        key: &KeyRef<'_>,
         ciphertext: &[u8],
         label: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
@@ -246,29 +245,13 @@ impl Backend for TpmBackend {
                 ciphertext.len()
             )));
         }
-        let key = self.parse(backend_ref)?;
+        let key = self.parse(key.object)?;
         let (ct, label) = (ciphertext.to_vec(), label.to_vec());
         self.call("decrypt", move |w| w.op_decrypt(key, &ct, &label))
     }
 
-    fn wrap_secret(&self, _master_ref: &str, _secret: &[u8]) -> Result<Vec<u8>, BackendError> {
-        Err(BackendError::Unsupported(
-            "the TPM backend holds no aes256 master keys".into(),
-        ))
-    }
-
-    fn unwrap_secret(
-        &self,
-        _master_ref: &str,
-        _wrapped: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        Err(BackendError::Unsupported(
-            "the TPM backend holds no aes256 master keys".into(),
-        ))
-    }
-
-    fn destroy(&self, backend_ref: &str) -> Result<(), BackendError> {
-        let key = self.parse(backend_ref)?;
+    fn destroy(&self, key: &KeyRef<'_>) -> Result<(), BackendError> {
+        let key = self.parse(key.object)?;
         self.call("destroy", move |w| w.op_destroy(key))
     }
 }

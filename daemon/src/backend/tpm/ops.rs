@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use super::{
     error::{classify, describe, Class},
     keys::{
-        check_fingerprint, fingerprint, public_info, KeyRef, MosipKey, RsaFacts, PERSISTENT_RANGE,
+        check_fingerprint, fingerprint, public_info, MosipKey, RsaFacts, TpmRef, PERSISTENT_RANGE,
     },
     templates,
     worker::Worker,
@@ -41,9 +41,9 @@ struct Opened {
 }
 
 impl Worker {
-    fn open(&mut self, key: KeyRef) -> Result<Opened, BackendError> {
+    fn open(&mut self, key: TpmRef) -> Result<Opened, BackendError> {
         match key {
-            KeyRef::Mosip(m) => {
+            TpmRef::Mosip(m) => {
                 let (handle, public) = self.mosip_primary(m)?;
                 Ok(Opened {
                     handle,
@@ -51,7 +51,7 @@ impl Worker {
                     persistent: false,
                 })
             }
-            KeyRef::Persistent(h, _) => {
+            TpmRef::Persistent(h, _) => {
                 let (obj, public) = self.open_persistent(h)?;
                 if let Err(e) = check_fingerprint(key, &public) {
                     self.close(obj);
@@ -124,8 +124,9 @@ impl Worker {
                 };
                 let (_, public) = self.mosip_primary(m)?;
                 Ok(CreatedKey {
-                    backend_ref: KeyRef::Mosip(m).to_string(),
+                    backend_ref: TpmRef::Mosip(m).to_string(),
                     public: Some(public_info(&public)?),
+                    sealed: None,
                 })
             }
             Template::Default => {
@@ -134,8 +135,9 @@ impl Worker {
                 let info = public_info(&public)?;
                 let fp = info.tpmt.as_deref().map(fingerprint);
                 Ok(CreatedKey {
-                    backend_ref: KeyRef::Persistent(handle, fp).to_string(),
+                    backend_ref: TpmRef::Persistent(handle, fp).to_string(),
                     public: Some(info),
+                    sealed: None,
                 })
             }
         }
@@ -177,10 +179,10 @@ impl Worker {
     /// Reads a key's public part; `kind` must match the key.
     pub fn op_public_key(
         &mut self,
-        key: KeyRef,
+        key: TpmRef,
         kind: KeyKind,
     ) -> Result<PublicKeyInfo, BackendError> {
-        if let KeyRef::Mosip(m) = key {
+        if let TpmRef::Mosip(m) = key {
             if m.kind() != kind {
                 return Err(BackendError::Unsupported(format!(
                     "{key} is not an {kind} key"
@@ -198,11 +200,11 @@ impl Worker {
     /// Signs a SHA-256 digest.
     pub fn op_sign(
         &mut self,
-        key: KeyRef,
+        key: TpmRef,
         digest: &[u8; 32],
         scheme: SignScheme,
     ) -> Result<Vec<u8>, BackendError> {
-        if key == KeyRef::Mosip(MosipKey::Encrypt) {
+        if key == TpmRef::Mosip(MosipKey::Encrypt) {
             return Err(BackendError::Unsupported(format!(
                 "{key} is not an rsa2048-sign key"
             )));
@@ -286,7 +288,7 @@ impl Worker {
     /// RSA-OAEP-SHA256 decryption (see [`super::TpmBackend`] for the label rule).
     pub fn op_decrypt(
         &mut self,
-        key: KeyRef,
+        key: TpmRef,
         ciphertext: &[u8],
         label: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
@@ -296,7 +298,7 @@ impl Worker {
                 ciphertext.len()
             )));
         }
-        if key == KeyRef::Mosip(MosipKey::Sign) {
+        if key == TpmRef::Mosip(MosipKey::Sign) {
             return Err(BackendError::Unsupported(format!(
                 "{key} is not an rsa2048-oaep key"
             )));
@@ -338,12 +340,12 @@ impl Worker {
     }
 
     /// Evicts a persisted key; MOSIP primaries cannot be destroyed.
-    pub fn op_destroy(&mut self, key: KeyRef) -> Result<(), BackendError> {
+    pub fn op_destroy(&mut self, key: TpmRef) -> Result<(), BackendError> {
         match key {
-            KeyRef::Mosip(_) => Err(BackendError::Unsupported(format!(
+            TpmRef::Mosip(_) => Err(BackendError::Unsupported(format!(
                 "{key} is derived from the TPM's endorsement seed and cannot be destroyed"
             ))),
-            KeyRef::Persistent(h, _) => {
+            TpmRef::Persistent(h, _) => {
                 let (obj, public) = self.open_persistent(h)?;
                 // Never evict another key that now lives at a reused handle.
                 if let Err(e) = check_fingerprint(key, &public) {
