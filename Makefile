@@ -33,8 +33,8 @@ build: deps
 test: build
 	$(CARGO) test --workspace --locked
 
-## lint: formatting and clippy, warnings are errors
-lint:
+## lint: formatting and clippy, warnings are errors (clippy builds tss-esapi: needs the deps)
+lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 

@@ -3,6 +3,7 @@
 //!
 //! Requires `openssl`, `python3` and the Python `cryptography` package; the test fails (does not
 //! skip) when any of them is missing.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,6 +5,7 @@
 //! tests), `pool` (the session-bound test, so other tests' sessions do not count) and `recover`
 //! (the logout test). A fourth token, `later`, is created during a test to show recovery when a
 //! token appears. These tests fail (they do not skip) when SoftHSM is missing.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! The key registry (SQLite) with a real SoftHSM token behind it: versions, states and public
 //! keys survive reopening; the software backend stores secrets wrapped under an HSM master key,
 //! bound to their key version, and unwraps them with the master version they were wrapped under.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,6 +2,7 @@
 //! master as `name:vN` text, secrets wrapped with empty AAD) opens with today's daemon: the schema
 //! is migrated in one transaction, every secret is re-wrapped bound to its key version, and every
 //! key keeps its secret and its public key. Runs on the SoftHSM token that made the fixture.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

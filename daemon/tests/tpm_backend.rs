@@ -1,5 +1,6 @@
 //! TPM backend against a real swtpm (never a mock). Each test starts its own swtpm under a temporary
 //! directory with `swtpm/swtpm-start` and stops it on drop; a missing swtpm fails the test.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 use std::{
     path::{Path, PathBuf},

@@ -265,10 +265,10 @@ pub struct Hsm {
     pub pin_file: PathBuf,
 }
 
-/// The SoftHSM2 PKCS#11 module.
 /// libfaketime's multi-threaded preload library (Debian package `faketime`).
 pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
+/// The SoftHSM2 PKCS#11 module.
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 impl Hsm {
