@@ -8,12 +8,19 @@ DEV=${DEV:-$root/target/dev}
 BIN=${BIN:-$root/target/debug}
 mkdir -p "$DEV"
 
+# The daemon is stopped before swtpm (stop), and is gone for sure when this returns (SIGKILL after
+# 10 s): swtpm-stop shuts the TPM down orderly, and no client should use the TPM after that.
 stop_daemon() {
   if [ -f "$DEV/custodyd.pid" ]; then
     pid=$(cat "$DEV/custodyd.pid")
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid"
       for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+      if kill -0 "$pid" 2>/dev/null; then
+        echo "dev: custodyd (pid $pid) did not exit on SIGTERM within 10 s; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+      fi
     fi
     rm -f "$DEV/custodyd.pid"
   fi

@@ -1,0 +1,277 @@
+//! TPM restarts the way `make dev` does them (`scripts/dev.sh stop` then `start`: SIGTERM to
+//! custodyd, `swtpm/swtpm-stop`, `swtpm/swtpm-start`, custodyd again) must be clean power cycles.
+//!
+//! An unclean one (swtpm powered off without TPM2_Shutdown) after a DA-protected key was used —
+//! the MOSIP machine keys have no noDA attribute — counts as a failed authorization at the next
+//! TPM2_Startup; with the simulator's default parameters the third such restart put the dev TPM in
+//! dictionary-attack lockout and `machine-sign` failed with TPM_RC_LOCKOUT (0x921).
+//!
+//! The state is read with `tpm2_getcap properties-variable`: `TPM2_PT_LOCKOUT_COUNTER`,
+//! `inLockout`, and `TPMA_STARTUP_CLEAR.orderly`, which says whether the last TPM2_Startup was
+//! preceded by a TPM2_Shutdown (independent of timing, unlike the counter, which heals one step
+//! per recovery interval).
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use custody_e2e::proto::ops::{names, SignArgs, SignResult};
+use custody_e2e::*;
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// The MOSIP signing key (K10), declared in the TPM as in `scripts/dev.sh`.
+const MACHINE_SIGN: &str = r#"[[keys.declare]]
+name = "machine-sign"
+kind = "rsa2048-sign"
+backend = "tpm"
+template = "mosip"
+"#;
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Dictionary-attack state of a TPM, from `tpm2_getcap properties-variable`.
+#[derive(Debug, PartialEq, Eq)]
+struct DaState {
+    /// TPM2_PT_LOCKOUT_COUNTER.
+    counter: u32,
+    /// TPMA_PERMANENT.inLockout.
+    in_lockout: bool,
+    /// TPMA_STARTUP_CLEAR.orderly: the last TPM2_Startup followed a TPM2_Shutdown.
+    orderly: bool,
+    /// TPM2_PT_MAX_AUTH_FAIL.
+    max_tries: u32,
+    /// TPM2_PT_LOCKOUT_INTERVAL (s).
+    recovery_time: u32,
+    /// TPM2_PT_LOCKOUT_RECOVERY (s).
+    lockout_recovery: u32,
+}
+
+fn da_state(tcti: &str) -> DaState {
+    let out = run_with_timeout(
+        Command::new("tpm2_getcap")
+            .arg("properties-variable")
+            .env("TPM2TOOLS_TCTI", tcti)
+            .env("TSS2_LOG", "all+none"),
+        30 * SEC,
+    );
+    assert!(out.status.success(), "tpm2_getcap: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // `  inLockout:   0` (a bit of a TPMA_*) or `TPM2_PT_LOCKOUT_COUNTER: 0x0` (a hex value).
+    let field = |name: &str| -> u32 {
+        let v = stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("no {name} in tpm2_getcap output:\n{stdout}"))
+            .trim();
+        match v.strip_prefix("0x") {
+            Some(h) => u32::from_str_radix(h, 16),
+            None => v.parse(),
+        }
+        .unwrap_or_else(|e| panic!("{name}: {v:?}: {e}"))
+    };
+    DaState {
+        counter: field("TPM2_PT_LOCKOUT_COUNTER"),
+        in_lockout: field("inLockout") != 0,
+        orderly: field("orderly") != 0,
+        max_tries: field("TPM2_PT_MAX_AUTH_FAIL"),
+        recovery_time: field("TPM2_PT_LOCKOUT_INTERVAL"),
+        lockout_recovery: field("TPM2_PT_LOCKOUT_RECOVERY"),
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Signs `data` with `machine-sign` through the CLI and verifies the signature with openssl
+/// against `pub.pem` (exported once, so the key is also the same one after every restart).
+fn sign_and_verify(d: &Daemon, tag: &str) {
+    let dir = d.dir().to_path_buf();
+    let data = dir.join(format!("data.{tag}"));
+    let sig = dir.join(format!("sig.{tag}"));
+    std::fs::write(&data, format!("packet signed {tag}")).unwrap();
+    let out = d.cli(&[
+        "sign",
+        "machine-sign",
+        "--in",
+        path_str(&data),
+        "--out",
+        path_str(&sig),
+    ]);
+    assert!(out.status.success(), "{tag}: sign failed: {}", text(&out));
+    let out = run_with_timeout(
+        Command::new("openssl")
+            .current_dir(&dir)
+            .args(["dgst", "-sha256", "-verify", "pub.pem", "-signature"])
+            .arg(&sig)
+            .arg(&data),
+        30 * SEC,
+    );
+    assert!(
+        out.status.success() && text(&out).contains("Verified OK"),
+        "{tag}: openssl: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn five_swtpm_restarts_with_signing_leave_no_lockout() {
+    let mut d = DaemonBuilder::new().with_tpm().extra(MACHINE_SIGN).start();
+    let pem = d.dir().join("pub.pem");
+    let out = d.cli(&[
+        "keys",
+        "public",
+        "machine-sign",
+        "--format",
+        "pem",
+        "--out",
+        path_str(&pem),
+    ]);
+    assert!(out.status.success(), "keys public: {}", text(&out));
+    sign_and_verify(&d, "before");
+
+    for i in 1..=5 {
+        // As `scripts/dev.sh stop`: the daemon first, then swtpm; then `start`.
+        assert_eq!(d.terminate().code(), Some(0), "custodyd exit, restart {i}");
+        let t = d.swtpm().expect("swtpm");
+        t.stop();
+        t.start_again();
+        // Right after the TPM2_Startup, before anything uses the TPM: an unclean power cycle
+        // shows here (orderly 0, counter already incremented, not yet healed).
+        let st = da_state(t.tcti());
+        assert!(
+            st.orderly && st.counter == 0 && !st.in_lockout,
+            "restart {i} was not an orderly TPM shutdown: {st:?}"
+        );
+        d.restart();
+        sign_and_verify(&d, &format!("after-restart-{i}"));
+    }
+
+    sign_and_verify(&d, "end");
+    let tcti = d.swtpm().expect("swtpm").tcti().to_owned();
+    let st = da_state(&tcti);
+    assert_eq!(st.counter, 0, "lockout counter after 5 restarts: {st:?}");
+    assert!(!st.in_lockout, "TPM in lockout after 5 restarts: {st:?}");
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// swtpm-stop under a daemon that keeps signing (not stopped first, unlike `scripts/dev.sh`): the
+/// TPM2_Shutdown must still be the last command before the power-off. A DA-protected signature
+/// squeezed in between would make the power cycle unclean again (it did, 3 times out of 4, with
+/// a separate `tpm2_shutdown` followed by `swtpm_ioctl -s`).
+#[test]
+fn swtpm_stop_is_orderly_while_the_daemon_keeps_signing() {
+    let mut d = DaemonBuilder::new().with_tpm().extra(MACHINE_SIGN).start();
+    let socket = d.socket().to_path_buf();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let signer = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let c = BlockingClient::connect(&socket).expect("connect");
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let r: Result<SignResult, _> = c.call(
+                    names::SIGN,
+                    &SignArgs {
+                        key: "machine-sign".into(),
+                        data: Some(format!("busy {i}").into_bytes()),
+                        digest: None,
+                        scheme: None,
+                    },
+                );
+                match r {
+                    Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(_) => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+    let tcti = d.swtpm().expect("swtpm").tcti().to_owned();
+    for i in 1..=3 {
+        // Stop while signatures are going through.
+        let before = ok.load(Ordering::SeqCst);
+        wait_for(30 * SEC, "the daemon to be signing", || {
+            (ok.load(Ordering::SeqCst) >= before + 5).then_some(())
+        });
+        let t = d.swtpm().expect("swtpm");
+        t.stop();
+        t.start_again();
+        assert_eq!(t.tcti(), tcti, "swtpm came back on another port");
+        let st = da_state(t.tcti());
+        assert!(
+            st.orderly && st.counter == 0 && !st.in_lockout,
+            "cycle {i}: swtpm-stop under a signing daemon was not orderly: {st:?}"
+        );
+    }
+    wait_for(30 * SEC, "signing to work again", || {
+        let n = ok.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        (ok.load(Ordering::SeqCst) > n).then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    signer.join().expect("signer thread");
+    assert!(
+        failed.load(Ordering::SeqCst) > 0,
+        "no signature failed: the TPM was never down while the daemon signed"
+    );
+    let st = da_state(&tcti);
+    assert_eq!((st.counter, st.in_lockout), (0, false), "{st:?}");
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[test]
+fn fresh_swtpm_state_gets_short_da_parameters_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Swtpm::start(dir.path().join("swtpm"));
+    let st = da_state(t.tcti());
+    assert_eq!(
+        (st.max_tries, st.recovery_time, st.lockout_recovery),
+        (32, 5, 10),
+        "DA parameters of a fresh swtpm: {st:?}"
+    );
+    assert!(
+        !dir.path().join("swtpm/da-setup").exists(),
+        "provisioning marker left behind"
+    );
+
+    // They are TPM state: kept across a restart, and not provisioned again (a second
+    // tpm2_dictionarylockout would fail anyway if the lockout auth had been set meanwhile).
+    let out = run_with_timeout(
+        Command::new("tpm2_dictionarylockout")
+            .args([
+                "--setup-parameters",
+                "--max-tries=7",
+                "--recovery-time=9",
+                "--lockout-recovery-time=11",
+            ])
+            .env("TPM2TOOLS_TCTI", t.tcti())
+            .env("TSS2_LOG", "all+none"),
+        30 * SEC,
+    );
+    assert!(
+        out.status.success(),
+        "tpm2_dictionarylockout: {}",
+        text(&out)
+    );
+    t.stop();
+    t.start_again();
+    let st = da_state(t.tcti());
+    assert_eq!(
+        (st.max_tries, st.recovery_time, st.lockout_recovery),
+        (7, 9, 11),
+        "DA parameters after a restart of an existing state: {st:?}"
+    );
+    assert!(st.orderly, "restart without a TPM user: {st:?}");
+    t.stop();
+}
