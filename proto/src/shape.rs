@@ -4,10 +4,12 @@
 //! items would need half a gigabyte. This walk reads only item headers, allocates nothing per item,
 //! and refuses bodies with too many items, too deep nesting, truncation, or trailing bytes.
 
-/// Most items (every integer, string, array, map, tag…) one request may hold.
+/// Most items one request may hold. Every data item counts: the request map, each map key and
+/// value, each array element, each tag, each chunk of an indefinite-length string (not the break).
 pub const MAX_ITEMS: usize = 65_536;
-/// Deepest nesting one request may have.
-pub const MAX_DEPTH: usize = 32;
+/// Deepest nesting one request may have, in containers: each array, map, tag and
+/// indefinite-length string opens a level, the request map itself being level 1.
+pub const MAX_DEPTH: usize = 31;
 
 /// Why a body was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -15,8 +17,8 @@ pub enum ShapeError {
     /// More than [`MAX_ITEMS`] items.
     #[error("request has more than {MAX_ITEMS} CBOR items")]
     TooManyItems,
-    /// Nested deeper than [`MAX_DEPTH`].
-    #[error("request nests deeper than {MAX_DEPTH} levels")]
+    /// Containers nested more than [`MAX_DEPTH`] deep.
+    #[error("request nests containers more than {MAX_DEPTH} deep")]
     TooDeep,
     /// The body ends inside an item.
     #[error("CBOR body is truncated")]
@@ -49,6 +51,7 @@ fn argument(body: &[u8], pos: &mut usize, info: u8) -> Result<Option<u64>, Shape
 /// Checks that `body` is exactly one well-formed CBOR item within the limits.
 pub fn check(body: &[u8]) -> Result<(), ShapeError> {
     // Each entry: items still expected in an open container (None: indefinite, until a break).
+    // The first entry is the body itself (one item), not a container: it is no level.
     let mut stack: Vec<Option<u64>> = vec![Some(1)];
     let mut pos = 0usize;
     let mut items = 0usize;
@@ -97,7 +100,7 @@ pub fn check(body: &[u8]) -> Result<(), ShapeError> {
         };
         if let Some(c) = child {
             stack.push(c);
-            if stack.len() > MAX_DEPTH {
+            if stack.len() - 1 > MAX_DEPTH {
                 return Err(ShapeError::TooDeep);
             }
         }
@@ -164,9 +167,9 @@ mod tests {
         assert_eq!(check(&body), Ok(()));
         let v: Value = ciborium::from_reader(&body[..]).unwrap();
         assert!(matches!(v, Value::Array(ref a) if a.len() == 3));
-        // Exactly at the limits is fine; one more is not.
+        // Exactly at the limits is fine (one more is refused: `counting_rules`).
         let mut deep = Value::Integer(1.into());
-        for _ in 0..MAX_DEPTH - 1 {
+        for _ in 0..MAX_DEPTH {
             deep = Value::Array(vec![deep]);
         }
         assert_eq!(check(&cbor(&deep)), Ok(()));
@@ -174,6 +177,64 @@ mod tests {
         assert_eq!(check(&cbor(&many)), Ok(()));
         // A break outside an indefinite item is not CBOR.
         assert!(check(&[0x81, 0xff]).is_err());
+    }
+
+    /// Nests `inner` in `n` one-element arrays (definite length).
+    fn in_arrays(n: usize, inner: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x81; n];
+        b.extend_from_slice(inner);
+        b
+    }
+
+    #[test]
+    fn counting_rules() {
+        // Depth counts containers; scalars and definite strings inside the deepest one are free.
+        assert_eq!(check(&in_arrays(MAX_DEPTH, &[0x41, 0x00])), Ok(()));
+        assert_eq!(
+            check(&in_arrays(MAX_DEPTH, &[0x80])[..]),
+            Err(ShapeError::TooDeep)
+        );
+        // An empty container one level too deep is refused as well.
+        assert_eq!(
+            check(&in_arrays(MAX_DEPTH - 1, &[0x81, 0xa0])),
+            Err(ShapeError::TooDeep)
+        );
+        // A tag and an indefinite-length string each open a level.
+        assert_eq!(check(&in_arrays(MAX_DEPTH - 1, &[0xc1, 0x01])), Ok(()));
+        assert_eq!(
+            check(&in_arrays(MAX_DEPTH, &[0xc1, 0x01])),
+            Err(ShapeError::TooDeep)
+        );
+        assert_eq!(
+            check(&in_arrays(MAX_DEPTH - 1, &[0x5f, 0x41, 0x00, 0xff])),
+            Ok(())
+        );
+        assert_eq!(
+            check(&in_arrays(MAX_DEPTH, &[0x5f, 0x41, 0x00, 0xff])),
+            Err(ShapeError::TooDeep)
+        );
+        // Items: the array and its elements; map keys and values each count.
+        let at = Value::Array(vec![Value::Null; MAX_ITEMS - 1]);
+        assert_eq!(check(&cbor(&at)), Ok(()));
+        let over = Value::Array(vec![Value::Null; MAX_ITEMS]);
+        assert_eq!(check(&cbor(&over)), Err(ShapeError::TooManyItems));
+        let pairs = (MAX_ITEMS - 1) / 2;
+        let map = |n: usize| {
+            Value::Map(
+                (0..n)
+                    .map(|i| (Value::Integer(i.into()), Value::Null))
+                    .collect(),
+            )
+        };
+        assert_eq!(check(&cbor(&map(pairs))), Ok(()));
+        assert_eq!(check(&cbor(&map(pairs + 1))), Err(ShapeError::TooManyItems));
+        // Chunks of an indefinite-length string count; its break does not.
+        let mut chunks = vec![0x5f];
+        chunks.extend(std::iter::repeat_n([0x40u8], MAX_ITEMS - 1).flatten());
+        chunks.push(0xff);
+        assert_eq!(check(&chunks), Ok(()));
+        chunks.insert(1, 0x40);
+        assert_eq!(check(&chunks), Err(ShapeError::TooManyItems));
     }
 
     #[test]
