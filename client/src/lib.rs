@@ -176,6 +176,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn read_loop(mut rd: OwnedReadHalf, pending: Pending) {
+    // The last connection-level error (id 0, e.g. `busy`, `too_large`): the server keeps
+    // answering after one, so it fails only the requests still unanswered when the connection
+    // closes (PROTOCOL.md §3.3), and gives them its reason instead of a bare "closed".
+    let mut conn_error: Option<Response> = None;
     loop {
         let mut header = [0u8; frame::HEADER_LEN];
         if rd.read_exact(&mut header).await.is_err() {
@@ -196,14 +200,18 @@ async fn read_loop(mut rd: OwnedReadHalf, pending: Pending) {
         if let Some(tx) = map.remove(&resp.id) {
             let _ = tx.send(resp);
         } else if resp.id == 0 {
-            // A connection-level error (e.g. frame too large): fail every waiter with it.
-            for (_, tx) in map.drain() {
-                let _ = tx.send(resp.clone());
+            conn_error = Some(resp);
+        }
+    }
+    // Dropping the senders wakes every waiter with "connection closed", or with the
+    // connection-level error that preceded the close.
+    if let Some(map) = lock(&pending).take() {
+        if let Some(e) = conn_error {
+            for (_, tx) in map {
+                let _ = tx.send(e.clone());
             }
         }
     }
-    // Dropping the senders wakes every waiter with "connection closed".
-    lock(&pending).take();
 }
 
 /// A blocking wrapper with its own single-threaded runtime.

@@ -4,6 +4,7 @@
 //! encoding of a result struct is deterministic: preferred-form CBOR, fields in declaration order).
 //!
 //! The live daemon is checked against the same bytes in `tests/tests/wire_golden.rs`.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 #[path = "support/protocol_md.rs"]
 mod protocol_md;

@@ -181,7 +181,7 @@ fn swtpm_stop_is_orderly_while_the_daemon_keeps_signing() {
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 i += 1;
-                let r: Result<SignResult, _> = c.call(
+                let r: Result<SignResult, _> = c.call_untyped(
                     names::SIGN,
                     &SignArgs {
                         key: "machine-sign".into(),

@@ -33,8 +33,9 @@ impl Handle for Rewrap {
                     Rewrap::NAME,
                     Selector::for_decryption(None, thumb),
                 )?;
-                let data_key = oaep_decrypt(&k, wrapped, &[])?;
+                // The target is checked before the device is used: a bad target costs nothing.
                 let to = Recipient::of(app, a.to_key.as_deref(), a.to_public_key, Rewrap::NAME)?;
+                let data_key = oaep_decrypt(&k, wrapped, &[])?;
                 let new_wrapped = to.wrap(&data_key)?;
                 let (form, output) = if is_envelope {
                     let out = envelope::rewrap(&a.input, &to.thumbprint, &new_wrapped)?;
