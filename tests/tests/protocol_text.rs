@@ -282,15 +282,6 @@ fn value_checks_before_and_after_the_key_lookup() {
             ErrorCode::NotFound,
         ),
         (
-            names::REWRAP,
-            map(vec![
-                ("key", absent()),
-                ("input", short.clone()),
-                ("to_public_key", short.clone()),
-            ]),
-            ErrorCode::NotFound,
-        ),
-        (
             names::KEYS_PUBLIC,
             map(vec![("name", absent()), ("format", text("nope"))]),
             ErrorCode::NotFound,
@@ -301,6 +292,15 @@ fn value_checks_before_and_after_the_key_lookup() {
             ErrorCode::NotFound,
         ),
         // Checked before the key.
+        (
+            names::REWRAP,
+            map(vec![
+                ("key", absent()),
+                ("input", short.clone()),
+                ("to_public_key", short.clone()),
+            ]),
+            ErrorCode::BadRequest,
+        ),
         (
             names::UNWRAP,
             map(vec![("key", absent()), ("wrapped", short.clone())]),

@@ -235,4 +235,77 @@ mod tests {
         }
         assert_eq!(DISPATCHED.len() + 1, custody_proto::ops::names::ALL.len());
     }
+
+    /// Every op, sent by a uid with no role with well-formed arguments, is refused with
+    /// `permission_denied` before its handler runs, and audited as such. No backend is configured:
+    /// a handler that ran would answer something else.
+    #[tokio::test]
+    async fn a_uid_without_a_role_is_denied_every_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit_path = dir.path().join("audit.log");
+        let text = format!(
+            "[storage]\npath = {:?}\n[audit]\nfile = {:?}\n\
+             [[roles]]\nname = \"admin\"\nunix_users = [0]\nops = [\"*\"]\nkeys = [\"*\"]\n",
+            dir.path().join("registry.db"),
+            audit_path,
+        );
+        let config = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let policy = crate::auth::Policy::from_config(&config.roles).unwrap();
+        let audit = crate::audit::AuditLog::open(config.audit.file.as_deref()).unwrap();
+        let keys = crate::keys::KeyManager::open(
+            &config.storage.path,
+            Vec::new(),
+            config.keys.defaults,
+        )
+        .unwrap();
+        let app = Arc::new(App::new(
+            config,
+            "t.toml".into(),
+            policy,
+            audit,
+            keys,
+        ));
+        let peer = Peer {
+            uid: 4_000_000_000,
+            gid: 4_000_000_000,
+            pid: None,
+            groups: Vec::new(),
+        };
+        use custody_proto::ops::*;
+        macro_rules! default_args {
+            ($( ($ty:ident, $method:ident, $cname:ident, $name:literal, $args:ty, $res:ty,
+                 |$a:ident| $access:expr); )*) => {
+                vec![$( ($name, custody_proto::message::to_value(&<$args>::default()).unwrap()) ),*]
+            };
+        }
+        let all: Vec<(&str, Value)> = custody_proto::for_each_op!(default_args);
+        assert_eq!(all.len(), DISPATCHED.len());
+        for (i, (op, mut args)) in all.into_iter().enumerate() {
+            // The two ops that need exactly one recipient get one, so only authorization can fail.
+            let extra = match op {
+                "envelope.seal" => Some("key"),
+                "rewrap" => Some("to_key"),
+                _ => None,
+            };
+            if let (Some(field), Value::Map(m)) = (extra, &mut args) {
+                m.push((Value::Text(field.into()), Value::Text("k".into())));
+            }
+            let req = Request {
+                id: i as u64 + 1,
+                op: op.into(),
+                args,
+            };
+            let resp = dispatch(&app, &peer, req).await;
+            let err = resp.result.expect_err(op);
+            assert_eq!(err.code(), Some(ErrorCode::PermissionDenied), "{op}: {err:?}");
+        }
+        let audit = std::fs::read_to_string(&audit_path).unwrap();
+        for op in DISPATCHED {
+            assert!(
+                audit.lines().any(|l| l.contains(&format!("\"op\":\"{op}\""))
+                    && l.contains("permission_denied")),
+                "{op} not audited as denied"
+            );
+        }
+    }
 }
