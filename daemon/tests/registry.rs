@@ -157,11 +157,16 @@ fn registry_versions_and_software_keys_on_softhsm() {
         ))
         .expect("second wrapped key");
     assert_eq!(
-        w2.current().expect("v1").master,
-        Some(MasterRef {
+        w2.current()
+            .expect("v1")
+            .sealed
+            .as_ref()
+            .expect("sealed")
+            .master,
+        MasterRef {
             name: "master".into(),
             version: 2
-        })
+        }
     );
     // Master v1 still wraps pool-key: it can be neither retired nor destroyed.
     for res in [km.retire("master", 1), km.destroy("master", 1)] {

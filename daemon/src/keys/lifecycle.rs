@@ -300,11 +300,10 @@ impl KeyManager {
                 return Err(e);
             }
         }
-        let master_ref = master.map(|(r, _)| r);
-        let sealed = match (c.sealed, &master_ref) {
-            (Some(blob), Some(m)) => Some(SealedSecret {
+        let sealed = match (c.sealed, master) {
+            (Some(blob), Some((m, _))) => Some(SealedSecret {
                 blob,
-                master: m.clone(),
+                master: m,
                 aad_bound: true,
             }),
             (None, None) => None,
@@ -324,7 +323,6 @@ impl KeyManager {
             public_tpmt: c.public.and_then(|p| p.tpmt),
             thumbprint,
             sealed,
-            master: master_ref,
         })
     }
 

@@ -100,10 +100,8 @@ pub struct VersionRecord {
     pub public_tpmt: Option<Vec<u8>>,
     /// SHA-256 of `public_der`.
     pub thumbprint: Option<[u8; 32]>,
-    /// The wrapped secret (software keys; `None` once destroyed).
+    /// The wrapped secret and its master version (software keys; `None` once destroyed).
     pub sealed: Option<SealedSecret>,
-    /// The master version a software key's secret is (or was) wrapped under.
-    pub master: Option<MasterRef>,
 }
 
 impl VersionRecord {

@@ -11,7 +11,7 @@ use super::policy::no_active;
 use super::record::{KeyRecord, SealedSecret, VersionRecord, VersionState};
 use super::KeyManager;
 use crate::backend::{
-    software, Backend, BackendError, KeyKind, KeyRef, Master, PublicKeyInfo, Sealed, SignScheme,
+    software, Backend, BackendError, KeyKind, KeyRef, Master, Sealed, SignScheme,
 };
 use crate::error::OpError;
 
@@ -90,11 +90,6 @@ impl KeyVersion {
     /// The secret of a software key, for one operation.
     pub fn secret(&self) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.backend.secret(&self.key_ref())
-    }
-
-    /// Reads the public key from the device (the registry's copy is [`VersionRecord::public_der`]).
-    pub fn device_public_key(&self) -> Result<PublicKeyInfo, BackendError> {
-        self.backend.public_key(&self.key_ref(), self.rec.kind)
     }
 }
 

@@ -217,24 +217,18 @@ impl Store {
             let (version, state, created, not_after, backend_ref, der, tpmt, thumb, wrapped, m) =
                 row?;
             let (master_name, master_version, aad_bound) = m;
-            let master = match (master_name, master_version) {
-                (Some(name), Some(version)) => Some(MasterRef { name, version }),
-                (None, None) => None,
-                _ => {
-                    return Err(StoreError::Corrupt(
-                        name.to_owned(),
-                        "master reference".into(),
-                    ))
-                }
-            };
-            let sealed = match (wrapped, &master) {
-                (Some(blob), Some(m)) => Some(SealedSecret {
+            // A destroyed version keeps its master columns (history) but no secret.
+            let sealed = match (wrapped, master_name, master_version) {
+                (None, _, _) => None,
+                (Some(blob), Some(m_name), Some(m_version)) => Some(SealedSecret {
                     blob,
-                    master: m.clone(),
+                    master: MasterRef {
+                        name: m_name,
+                        version: m_version,
+                    },
                     aad_bound,
                 }),
-                (None, _) => None,
-                (Some(_), None) => {
+                (Some(_), _, _) => {
                     return Err(StoreError::Corrupt(
                         name.to_owned(),
                         "wrapped secret without its master".into(),
@@ -258,7 +252,6 @@ impl Store {
                 public_tpmt: tpmt,
                 thumbprint,
                 sealed,
-                master,
             });
         }
         Ok(out)
@@ -375,8 +368,8 @@ fn insert_version(
             v.public_tpmt,
             v.thumbprint.map(|t| t.to_vec()),
             v.sealed.as_ref().map(|s| &s.blob),
-            v.master.as_ref().map(|m| &m.name),
-            v.master.as_ref().map(|m| m.version),
+            v.sealed.as_ref().map(|s| &s.master.name),
+            v.sealed.as_ref().map(|s| s.master.version),
             v.sealed.as_ref().is_some_and(|s| s.aad_bound),
         ],
     )?;

@@ -252,19 +252,10 @@ mod tests {
         let config = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
         let policy = crate::auth::Policy::from_config(&config.roles).unwrap();
         let audit = crate::audit::AuditLog::open(config.audit.file.as_deref()).unwrap();
-        let keys = crate::keys::KeyManager::open(
-            &config.storage.path,
-            Vec::new(),
-            config.keys.defaults,
-        )
-        .unwrap();
-        let app = Arc::new(App::new(
-            config,
-            "t.toml".into(),
-            policy,
-            audit,
-            keys,
-        ));
+        let keys =
+            crate::keys::KeyManager::open(&config.storage.path, Vec::new(), config.keys.defaults)
+                .unwrap();
+        let app = Arc::new(App::new(config, "t.toml".into(), policy, audit, keys));
         let peer = Peer {
             uid: 4_000_000_000,
             gid: 4_000_000_000,
@@ -297,13 +288,19 @@ mod tests {
             };
             let resp = dispatch(&app, &peer, req).await;
             let err = resp.result.expect_err(op);
-            assert_eq!(err.code(), Some(ErrorCode::PermissionDenied), "{op}: {err:?}");
+            assert_eq!(
+                err.code(),
+                Some(ErrorCode::PermissionDenied),
+                "{op}: {err:?}"
+            );
         }
         let audit = std::fs::read_to_string(&audit_path).unwrap();
         for op in DISPATCHED {
             assert!(
-                audit.lines().any(|l| l.contains(&format!("\"op\":\"{op}\""))
-                    && l.contains("permission_denied")),
+                audit
+                    .lines()
+                    .any(|l| l.contains(&format!("\"op\":\"{op}\""))
+                        && l.contains("permission_denied")),
                 "{op} not audited as denied"
             );
         }
