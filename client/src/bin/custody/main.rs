@@ -2,12 +2,13 @@
 //!
 //! One file per command family; each declares its subcommands (a clap `Subcommand` enum) and
 //! runs them with the typed client methods. This file parses the command line, connects,
-//! dispatches to the family and reports failures.
+//! dispatches to the family and reports failures with the exit codes in [`exit`].
 #![forbid(unsafe_code)]
 
 mod basic;
 mod decrypt;
 mod envelope;
+mod exit;
 mod io;
 mod keys;
 mod sign;
@@ -16,19 +17,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use custody_client::proto::ErrorCode;
 use custody_client::{BlockingClient, ClientError};
 use serde_json::json;
 
 /// Command-line client for custodyd, the hardware-backed key custody daemon.
 ///
 /// Binary inputs and outputs use `--in FILE` / `--out FILE`; `-` means stdin / stdout.
-/// Exit codes: 0 success; 1 other failure; 2 usage error; 3 cannot reach the daemon;
-/// 10 bad_request, 11 unsupported_version, 12 unknown_op, 13 permission_denied, 14 not_found,
-/// 15 already_exists, 16 key_expired, 17 key_retired, 18 wrong_kind, 19 integrity,
-/// 20 backend_unavailable, 21 busy, 22 too_large, 23 internal.
 #[derive(Parser, Debug)]
-#[command(name = "custody", version)]
+#[command(
+    name = "custody",
+    version,
+    after_help = exit::SHORT_HELP,
+    after_long_help = exit::long_help()
+)]
 struct Cli {
     /// Daemon socket [default: $CUSTODY_SOCKET, else /run/custodyd/custodyd.sock].
     #[arg(long, global = true, value_name = "PATH")]
@@ -89,25 +90,26 @@ fn main() -> ExitCode {
     let result = BlockingClient::connect(&socket)
         .map_err(Failure::from)
         .and_then(|c| run(&c, json, cli.cmd));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => exit::OK,
         Err(Failure::Usage(m)) => {
             report(json, "usage", &m);
-            ExitCode::from(2)
+            exit::USAGE
         }
         Err(Failure::Client(ClientError::Server(e))) => {
             report(json, &e.code, &e.message);
-            ExitCode::from(exit_code(e.code()))
+            exit::for_server_error(e.code())
         }
         Err(Failure::Client(ClientError::Io(e))) => {
             report(json, "connect", &e.to_string());
-            ExitCode::from(3)
+            exit::CONNECT
         }
         Err(Failure::Client(e)) => {
             report(json, "protocol", &e.to_string());
-            ExitCode::from(1)
+            exit::PROTOCOL
         }
-    }
+    };
+    ExitCode::from(code)
 }
 
 fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
@@ -118,12 +120,6 @@ fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
         Cmd::Decrypt(cmd) => decrypt::run(c, json, cmd),
         Cmd::Envelope(cmd) => envelope::run(c, json, cmd),
     }
-}
-
-fn exit_code(code: Option<ErrorCode>) -> u8 {
-    code.and_then(|c| ErrorCode::ALL.iter().position(|x| *x == c))
-        .map(|i| 10 + i as u8)
-        .unwrap_or(1)
 }
 
 /// Reports a failure: `custody: CODE: message` on stderr, or a JSON error object on stdout.
