@@ -12,7 +12,7 @@ use crate::Out;
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// MOSIP VER_R2 envelopes.
+    /// Seal data into, or open, MOSIP VER_R2 envelopes (hybrid RSA-OAEP + AES-GCM).
     #[command(subcommand)]
     Envelope(EnvelopeCmd),
     /// Re-target a wrapped key or envelope to another key without the data key leaving the daemon.

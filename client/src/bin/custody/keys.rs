@@ -14,7 +14,7 @@ use crate::Out;
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Create a key (admin).
+    /// Create a key with its first version (admin).
     Create {
         /// Key name: 1–64 of A-Z a-z 0-9 . _ -
         name: String,
@@ -37,7 +37,7 @@ pub enum Cmd {
         #[arg(long)]
         pre_expire_days: Option<u32>,
     },
-    /// List keys.
+    /// List the keys your roles cover, with their versions.
     List,
     /// Show a key and its versions.
     Show {

@@ -140,4 +140,19 @@ mod tests {
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn every_subcommand_says_what_it_does() {
+        fn check(cmd: &clap::Command, path: &str) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(
+                    sub.get_about().is_some_and(|a| !a.to_string().is_empty()),
+                    "`{path} --help` has no description"
+                );
+                check(sub, &path);
+            }
+        }
+        check(&Cli::command(), "custody");
+    }
 }
