@@ -1,0 +1,208 @@
+//! `keys create | list | show | rotate | retire | destroy | public`.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use custody_client::proto::ops::{
+    KeyCreateArgs, KeyInfo, KeyListArgs, KeyNameArgs, KeyVersionArgs, PublicKeyArgs,
+};
+use custody_client::BlockingClient;
+use serde_json::json;
+
+use crate::io::{b64url, write_output};
+use crate::Out;
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create a key with its first version (admin).
+    Create {
+        /// Key name: 1–64 of A-Z a-z 0-9 . _ -
+        name: String,
+        /// rsa2048-sign, rsa2048-oaep or aes256.
+        #[arg(long)]
+        kind: String,
+        /// tpm, pkcs11 or wrapped.
+        #[arg(long)]
+        backend: String,
+        /// default or mosip (TPM: MOSIP registration-client template).
+        #[arg(long)]
+        template: Option<String>,
+        /// Master key (aes256) for the wrapped backend.
+        #[arg(long)]
+        master: Option<String>,
+        /// Validity of each version, days.
+        #[arg(long)]
+        validity_days: Option<u32>,
+        /// Days before expiry at which a new version must take over.
+        #[arg(long)]
+        pre_expire_days: Option<u32>,
+    },
+    /// List the keys your roles cover, with their versions.
+    List,
+    /// Show a key and its versions.
+    Show {
+        /// Key name.
+        name: String,
+    },
+    /// Make a new current version; older versions keep decrypting until retired.
+    Rotate {
+        /// Key name.
+        name: String,
+    },
+    /// Retire a non-current version: it is refused from now on.
+    Retire {
+        /// Key name.
+        name: String,
+        /// Version.
+        #[arg(long)]
+        version: u32,
+    },
+    /// Destroy a non-current version, in the TPM/HSM too.
+    Destroy {
+        /// Key name.
+        name: String,
+        /// Version.
+        #[arg(long)]
+        version: u32,
+    },
+    /// Write a public key; with --json also its SHA-256 thumbprint and MOSIP key index.
+    Public {
+        /// Key name.
+        name: String,
+        /// pem, der, or tpmt (TPM keys: marshalled TPMT_PUBLIC).
+        #[arg(long, value_parser = ["pem", "der", "tpmt"], default_value = "pem")]
+        format: String,
+        /// Version (default: current).
+        #[arg(long)]
+        version: Option<u32>,
+        /// Output file (`-` for stdout).
+        #[arg(long = "out", value_name = "FILE", default_value = "-")]
+        output: PathBuf,
+    },
+}
+
+pub fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
+    let show = |k: KeyInfo| {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&k).unwrap_or_default());
+        } else {
+            print_key(&k);
+        }
+    };
+    match cmd {
+        Cmd::Create {
+            name,
+            kind,
+            backend,
+            template,
+            master,
+            validity_days,
+            pre_expire_days,
+        } => show(c.keys_create(&KeyCreateArgs {
+            name,
+            kind,
+            backend,
+            template,
+            master,
+            validity_days,
+            pre_expire_days,
+        })?),
+        Cmd::List => {
+            let r = c.keys_list(&KeyListArgs {})?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                r.keys.iter().for_each(print_key);
+            }
+        }
+        Cmd::Show { name } => show(c.keys_show(&KeyNameArgs { name })?),
+        Cmd::Rotate { name } => show(c.keys_rotate(&KeyNameArgs { name })?),
+        Cmd::Retire { name, version } => show(c.keys_retire(&KeyVersionArgs { name, version })?),
+        Cmd::Destroy { name, version } => show(c.keys_destroy(&KeyVersionArgs { name, version })?),
+        Cmd::Public {
+            name,
+            format,
+            version,
+            output,
+        } => {
+            let r = c.keys_public(&PublicKeyArgs {
+                name,
+                version,
+                format: Some(format),
+            })?;
+            if json {
+                let data = if r.format == "pem" {
+                    String::from_utf8_lossy(&r.data).into_owned()
+                } else {
+                    b64url(&r.data)
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "name": r.name, "version": r.version, "format": r.format, "data": data,
+                        "thumbprint": hex::encode(&r.thumbprint), "key_index": r.key_index,
+                    }))
+                    .unwrap_or_default()
+                );
+            } else {
+                write_output(&output, &r.data)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_key(k: &KeyInfo) {
+    println!(
+        "{}  kind={} backend={} template={} current=v{}",
+        k.name, k.kind, k.backend, k.template, k.current_version
+    );
+    for v in &k.versions {
+        println!(
+            "  v{}  {:<12} created {}  not-after {}{}",
+            v.version,
+            v.state,
+            fmt_time(v.created),
+            fmt_time(v.not_after),
+            v.thumbprint
+                .as_ref()
+                .map(|t| format!("  thumbprint {}", hex::encode(t)))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// RFC 3339 UTC time from Unix seconds, without a date library (civil-from-days).
+fn fmt_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_time;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(fmt_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(fmt_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(fmt_time(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(fmt_time(-1), "1969-12-31T23:59:59Z");
+    }
+}

@@ -1,0 +1,158 @@
+//! `custody`: command-line client for custodyd.
+//!
+//! One file per command family; each declares its subcommands (a clap `Subcommand` enum) and
+//! runs them with the typed client methods. This file parses the command line, connects,
+//! dispatches to the family and reports failures with the exit codes in [`exit`].
+#![forbid(unsafe_code)]
+
+mod basic;
+mod decrypt;
+mod envelope;
+mod exit;
+mod io;
+mod keys;
+mod sign;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use custody_client::{BlockingClient, ClientError};
+use serde_json::json;
+
+/// Command-line client for custodyd, the hardware-backed key custody daemon.
+///
+/// Binary inputs and outputs use `--in FILE` / `--out FILE`; `-` means stdin / stdout.
+#[derive(Parser, Debug)]
+#[command(
+    name = "custody",
+    version,
+    after_help = exit::SHORT_HELP,
+    after_long_help = exit::long_help()
+)]
+struct Cli {
+    /// Daemon socket [default: $CUSTODY_SOCKET, else /run/custodyd/custodyd.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print results (and errors) as JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Every command, by family. Families flattened here appear as top-level commands.
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    #[command(flatten)]
+    Basic(basic::Cmd),
+    /// Manage keys (create, list, show, rotate, retire, destroy, public).
+    #[command(subcommand)]
+    Keys(keys::Cmd),
+    #[command(flatten)]
+    Sign(sign::Cmd),
+    #[command(flatten)]
+    Decrypt(decrypt::Cmd),
+    #[command(flatten)]
+    Envelope(envelope::Cmd),
+}
+
+/// Why a command failed.
+pub enum Failure {
+    /// A bad argument or an input/output file problem, found by the CLI itself.
+    Usage(String),
+    /// The client library's error: cannot connect, a server error, a protocol error.
+    Client(ClientError),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Client(e)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+/// What a command returns.
+pub type Out = Result<(), Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(custody_client::default_socket);
+    let json = cli.json;
+    let result = BlockingClient::connect(&socket)
+        .map_err(Failure::from)
+        .and_then(|c| run(&c, json, cli.cmd));
+    let code = match result {
+        Ok(()) => exit::OK,
+        Err(Failure::Usage(m)) => {
+            report(json, "usage", &m);
+            exit::USAGE
+        }
+        Err(Failure::Client(ClientError::Server(e))) => {
+            report(json, &e.code, &e.message);
+            exit::for_server_error(e.code())
+        }
+        Err(Failure::Client(ClientError::Io(e))) => {
+            report(json, "connect", &e.to_string());
+            exit::CONNECT
+        }
+        Err(Failure::Client(e)) => {
+            report(json, "protocol", &e.to_string());
+            exit::PROTOCOL
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
+    match cmd {
+        Cmd::Basic(cmd) => basic::run(c, json, cmd),
+        Cmd::Keys(cmd) => keys::run(c, json, cmd),
+        Cmd::Sign(cmd) => sign::run(c, json, cmd),
+        Cmd::Decrypt(cmd) => decrypt::run(c, json, cmd),
+        Cmd::Envelope(cmd) => envelope::run(c, json, cmd),
+    }
+}
+
+/// Reports a failure: `custody: CODE: message` on stderr, or a JSON error object on stdout.
+fn report(json: bool, code: &str, message: &str) {
+    if json {
+        println!("{}", json!({"error": {"code": code, "message": message}}));
+    } else {
+        eprintln!("custody: {code}: {message}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_says_what_it_does() {
+        fn check(cmd: &clap::Command, path: &str) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(
+                    sub.get_about().is_some_and(|a| !a.to_string().is_empty()),
+                    "`{path} --help` has no description"
+                );
+                check(sub, &path);
+            }
+        }
+        check(&Cli::command(), "custody");
+    }
+}
