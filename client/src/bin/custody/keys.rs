@@ -21,13 +21,13 @@ pub enum Cmd {
         /// rsa2048-sign, rsa2048-oaep or aes256.
         #[arg(long)]
         kind: String,
-        /// tpm, pkcs11 or wrapped.
+        /// tpm, pkcs11 or software (`wrapped` is the old name of software).
         #[arg(long)]
         backend: String,
         /// default or mosip (TPM: MOSIP registration-client template).
         #[arg(long)]
         template: Option<String>,
-        /// Master key (aes256) for the wrapped backend.
+        /// Master key (an aes256 key in the HSM) for the software backend.
         #[arg(long)]
         master: Option<String>,
         /// Validity of each version, days.
