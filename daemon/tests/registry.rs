@@ -3,7 +3,6 @@
 //! master key and unwraps them with the master version they were wrapped under.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +11,8 @@ use custody_daemon::backend::{Backend, BackendKind, KeyKind, Template};
 use custody_daemon::config::KeyPolicy;
 use custody_daemon::keys::{CreateSpec, KeyManager, VersionState};
 use custody_proto::ErrorCode;
+use custody_testkit::{Hsm, SOFTHSM_MODULE};
 use secrecy::SecretString;
-
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 fn spec(name: &str, kind: KeyKind, backend: BackendKind, master: Option<&str>) -> CreateSpec {
     CreateSpec {
@@ -30,26 +28,13 @@ fn spec(name: &str, kind: KeyKind, backend: BackendKind, master: Option<&str>) -
 
 #[test]
 fn registry_versions_and_wrapped_keys_on_softhsm() {
-    assert!(
-        Path::new(MODULE).exists(),
-        "SoftHSM missing: install softhsm2"
-    );
     let dir = tempfile::tempdir().expect("tempdir");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hsm-config/init-token");
-    let out = Command::new(&script)
-        .arg(dir.path())
-        .output()
-        .expect("init-token");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::env::set_var("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"));
-    let pin = std::fs::read_to_string(dir.path().join("user.pin")).expect("pin");
+    let hsm = Hsm::init(dir.path());
+    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+    let pin = hsm.pin();
     let backend: Arc<dyn Backend> = Arc::new(
         Pkcs11Backend::start(Pkcs11Config {
-            module: PathBuf::from(MODULE),
+            module: PathBuf::from(SOFTHSM_MODULE),
             token_label: "custody".into(),
             pin: SecretString::from(pin),
             max_sessions: 4,
