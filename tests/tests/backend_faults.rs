@@ -9,12 +9,7 @@ use custody_testkit::proto::ErrorCode;
 use custody_testkit::*;
 
 fn tpm_backend_ok(d: &Daemon) -> (bool, String) {
-    let s = status_json(d);
-    let b = s["backends"]
-        .as_array()
-        .and_then(|a| a.iter().find(|b| b["name"] == "tpm"))
-        .unwrap_or_else(|| panic!("no tpm backend in status: {s}"))
-        .clone();
+    let b = status_backend(d, "tpm");
     (
         b["ok"].as_bool().expect("ok is a bool"),
         b["detail"].as_str().unwrap_or_default().to_owned(),
