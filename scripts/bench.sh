@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
 # The harness finds custodyd/custody next to its own executable: target/release/.
-"$CARGO" build --release --locked -p custody-daemon -p custody-client -p custody-e2e --bin custodyd --bin custody --bin custody-bench
+"$CARGO" build --release --locked -p custody-daemon -p custody-client -p custody-bench --bin custodyd --bin custody --bin custody-bench
 start=$(date +%s)
 target/release/custody-bench
 echo "bench: done in $(( $(date +%s) - start )) s (results in ${BENCH_OUT:-BENCHMARKS.md})"

@@ -6,49 +6,22 @@
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use custody_daemon::format::b64::{decode_b64, encode_b64url};
 use custody_daemon::format::envelope::{self, EnvelopeError};
 use custody_daemon::format::thumbprint::thumbprint;
+use custody_testkit::{
+    openssl_keypair, path_str, python, require_python_cryptography, KeyPair, MOSIP_ENVELOPE_PY,
+};
 use rand::rngs::OsRng;
 use rsa::pkcs8::DecodePrivateKey;
 use rsa::{Oaep, RsaPrivateKey};
 use sha2::Sha256;
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/mosip_envelope.py")
-}
-
-fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    out
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn require_python_cryptography() {
-    let out = run(Command::new("python3").args(["-c", "import cryptography"]));
-    assert!(
-        out.status.success(),
-        "python3 with the `cryptography` package is required (pip install cryptography): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 struct Fixture {
     dir: tempfile::TempDir,
+    pair: KeyPair,
     key: RsaPrivateKey,
-    spki_der: Vec<u8>,
 }
 
 impl Fixture {
@@ -59,48 +32,22 @@ impl Fixture {
     fn new() -> Self {
         require_python_cryptography();
         let dir = tempfile::tempdir().expect("tempdir");
-        let key_pem = dir.path().join("key.pem");
-        run_ok(
-            Command::new("openssl")
-                .args(["genpkey", "-algorithm", "RSA", "-pkeyopt"])
-                .args(["rsa_keygen_bits:2048", "-out"])
-                .arg(&key_pem),
-        );
-        run_ok(
-            Command::new("openssl")
-                .args(["pkey", "-pubout", "-in"])
-                .arg(&key_pem)
-                .arg("-out")
-                .arg(dir.path().join("pub.pem")),
-        );
-        run_ok(
-            Command::new("openssl")
-                .args(["pkey", "-pubout", "-outform", "DER", "-in"])
-                .arg(&key_pem)
-                .arg("-out")
-                .arg(dir.path().join("pub.der")),
-        );
-        let pem = std::fs::read_to_string(&key_pem).expect("read key");
+        let pair = openssl_keypair(dir.path(), "openssl", 2048);
+        let pem = std::fs::read_to_string(&pair.key).expect("read key");
         let key = RsaPrivateKey::from_pkcs8_pem(&pem).expect("parse openssl key");
-        let spki_der = std::fs::read(dir.path().join("pub.der")).expect("read spki");
-        Fixture { dir, key, spki_der }
+        Fixture { dir, pair, key }
     }
 
     fn python(&self, args: &[&str], input: &Path, output: &Path) -> std::process::Output {
-        run(Command::new("python3")
-            .arg(script())
-            .args(args)
-            .arg("--in")
-            .arg(input)
-            .arg("--out")
-            .arg(output))
+        let mut all = args.to_vec();
+        all.extend(["--in", path_str(input), "--out", path_str(output)]);
+        python(MOSIP_ENVELOPE_PY, &all)
     }
 
     fn python_seal(&self, plaintext: &[u8], base64: bool) -> Vec<u8> {
         let (pt, env) = (self.path("py-pt"), self.path("py-env"));
         std::fs::write(&pt, plaintext).expect("write");
-        let pubkey = self.path("pub.pem");
-        let mut args = vec!["seal", "--pub", pubkey.to_str().expect("utf8 path")];
+        let mut args = vec!["seal", "--pub", path_str(&self.pair.public_pem)];
         if base64 {
             args.push("--base64");
         }
@@ -117,8 +64,7 @@ impl Fixture {
         let (env, pt) = (self.path("rs-env"), self.path("rs-pt"));
         let _ = std::fs::remove_file(&pt);
         std::fs::write(&env, envelope).expect("write");
-        let key = self.path("key.pem");
-        let mut args = vec!["open", "--key", key.to_str().expect("utf8 path")];
+        let mut args = vec!["open", "--key", path_str(&self.pair.key)];
         if base64 {
             args.push("--base64");
         }
@@ -132,7 +78,7 @@ impl Fixture {
 
     fn rust_open(&self, envelope: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
         let parsed = envelope::parse(envelope)?;
-        assert_eq!(parsed.thumbprint, &thumbprint(&self.spki_der));
+        assert_eq!(parsed.thumbprint, &thumbprint(&self.pair.public_der));
         let data_key = zeroize::Zeroizing::new(
             self.key
                 .decrypt(Oaep::new::<Sha256>(), parsed.wrapped_key)
@@ -167,7 +113,7 @@ fn envelope_interop_python_and_rust() {
         assert_eq!(fx.rust_open(&env).expect("rust opens python b64"), pt);
 
         // Rust seals, Python opens (binary and base64url).
-        let env = envelope::seal_to_public_key(&pt, &fx.spki_der).expect("seal");
+        let env = envelope::seal_to_public_key(&pt, &fx.pair.public_der).expect("seal");
         assert_eq!(
             fx.python_open(&env, false)
                 .expect("python opens rust envelope"),
@@ -186,7 +132,7 @@ fn envelope_interop_python_and_rust() {
 fn python_rejects_tampered_rust_envelope_and_accepts_rewrapped() {
     let fx = Fixture::new();
     let pt = b"re-targeted without touching the body".to_vec();
-    let env = envelope::seal_to_public_key(&pt, &fx.spki_der).expect("seal");
+    let env = envelope::seal_to_public_key(&pt, &fx.pair.public_der).expect("seal");
 
     // Tag tamper: both sides refuse.
     let mut bad = env.clone();
@@ -216,7 +162,7 @@ fn python_rejects_tampered_rust_envelope_and_accepts_rewrapped() {
         .encrypt(&mut OsRng, Oaep::new::<Sha256>(), &data_key[..])
         .expect("wrap");
     let rewrapped =
-        envelope::rewrap(&env, &thumbprint(&fx.spki_der), &new_wrapped).expect("rewrap");
+        envelope::rewrap(&env, &thumbprint(&fx.pair.public_der), &new_wrapped).expect("rewrap");
     assert_ne!(rewrapped, env);
     assert_eq!(&rewrapped[6 + 32 + 256..], &env[6 + 32 + 256..]);
     assert_eq!(fx.python_open(&rewrapped, false).expect("python opens"), pt);

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +13,8 @@ use custody_daemon::backend::{Backend, BackendKind, KeyKind, Template};
 use custody_daemon::config::KeyPolicy;
 use custody_daemon::keys::{CreateSpec, KeyManager, MasterRef, Selector, VersionState};
 use custody_proto::ErrorCode;
+use custody_testkit::{Hsm, SOFTHSM_MODULE};
 use secrecy::SecretString;
-
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 fn spec(name: &str, kind: KeyKind, backend: BackendKind, master: Option<&str>) -> CreateSpec {
     CreateSpec {
@@ -60,26 +58,13 @@ fn swap_blob(db: &Path, from: (&str, u32), to: (&str, u32)) {
 
 #[test]
 fn registry_versions_and_software_keys_on_softhsm() {
-    assert!(
-        Path::new(MODULE).exists(),
-        "SoftHSM missing: install softhsm2"
-    );
     let dir = tempfile::tempdir().expect("tempdir");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hsm-config/init-token");
-    let out = Command::new(&script)
-        .arg(dir.path())
-        .output()
-        .expect("init-token");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::env::set_var("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"));
-    let pin = std::fs::read_to_string(dir.path().join("user.pin")).expect("pin");
+    let hsm = Hsm::init(dir.path());
+    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+    let pin = hsm.pin();
     let backend: Arc<dyn Backend> = Arc::new(
         Pkcs11Backend::start(Pkcs11Config {
-            module: PathBuf::from(MODULE),
+            module: PathBuf::from(SOFTHSM_MODULE),
             token_label: "custody".into(),
             pin: SecretString::from(pin),
             max_sessions: 4,

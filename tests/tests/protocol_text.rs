@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use ciborium::Value;
-use custody_e2e::proto::ops::names;
-use custody_e2e::proto::{ErrorCode, Response};
-use custody_e2e::*;
+use custody_testkit::proto::ops::names;
+use custody_testkit::proto::{ErrorCode, Response};
+use custody_testkit::*;
 
 const T: Duration = Duration::from_secs(10);
 /// Key generation in SoftHSM or swtpm can take a while in a debug build.
@@ -341,7 +341,7 @@ fn value_checks_before_and_after_the_key_lookup() {
 
 fn ops_counts(c: &mut RawConn, id: u64) -> std::collections::BTreeMap<String, (u64, u64)> {
     let r = ask(c, id, names::STATUS, map(vec![]));
-    let s: custody_e2e::proto::ops::StatusResult = r.into_result().expect("status");
+    let s: custody_testkit::proto::ops::StatusResult = r.into_result().expect("status");
     s.ops.into_iter().map(|(k, v)| (k, (v.ok, v.err))).collect()
 }
 

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use custody_e2e::proto::ops::{names, SignArgs, SignResult};
-use custody_e2e::*;
+use custody_testkit::proto::ops::{names, SignArgs, SignResult};
+use custody_testkit::*;
 
 const SEC: Duration = Duration::from_secs(1);
 

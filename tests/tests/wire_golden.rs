@@ -12,8 +12,8 @@ mod protocol_md;
 use std::io::Read;
 use std::time::Duration;
 
-use custody_e2e::proto::ops::{names, HelloArgs, PingArgs};
-use custody_e2e::*;
+use custody_testkit::proto::ops::{names, HelloArgs, PingArgs};
+use custody_testkit::*;
 use protocol_md::{examples, hex};
 
 /// Reads one whole frame (header and body) exactly as the daemon sent it.

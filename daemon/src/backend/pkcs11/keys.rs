@@ -11,10 +11,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState};
-use rsa::pkcs8::EncodePublicKey;
+use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPublicKey};
 
-use super::errors::OpError;
+use super::errors::{describe, OpError};
 use crate::backend::{BackendError, KeyKind, PublicKeyInfo};
 
 /// Length of a `CKA_ID` in bytes.
@@ -235,16 +236,18 @@ pub(crate) fn read_public(s: &Session, handle: ObjectHandle) -> Result<PublicKey
             _ => {}
         }
     }
-    let internal = |m: String| OpError::Backend(BackendError::Internal(m));
+    // Attributes that do not make an RSA public key come from a token in trouble (SoftHSM answers
+    // with empty values while its token files are being moved or rewritten): retryable, not a bug.
+    let unreadable = |m: String| OpError::Backend(BackendError::Unavailable(m));
     let (n, e) = match (n, e) {
         (Some(n), Some(e)) => (n, e),
-        _ => return Err(internal("public key lacks modulus or exponent".into())),
+        _ => return Err(unreadable("public key lacks modulus or exponent".into())),
     };
     let key = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
-        .map_err(|err| internal(format!("token returned an invalid RSA public key: {err}")))?;
-    let spki = key
-        .to_public_key_der()
-        .map_err(|err| internal(format!("cannot encode SPKI: {err}")))?;
+        .map_err(|err| unreadable(format!("token returned an invalid RSA public key: {err}")))?;
+    let spki = key.to_public_key_der().map_err(|err| {
+        OpError::Backend(BackendError::Internal(format!("cannot encode SPKI: {err}")))
+    })?;
     Ok(PublicKeyInfo {
         spki_der: spki.as_bytes().to_vec(),
         tpmt: None,
@@ -327,6 +330,74 @@ pub(crate) fn generate(
     }
 }
 
+/// Reads back the public key of the objects [`generate`] just made for `kind`.
+///
+/// When the token answers with attributes that are not a 2048-bit RSA public key, or fails to
+/// answer without breaking the session, the new objects are destroyed (nothing is left
+/// half-created) and the creation fails with `Unavailable`: a token fault, retryable, never
+/// `Internal`. A broken session is passed on unchanged: [`super::Pkcs11Backend`] retries on a
+/// fresh session, where [`generate`] first removes leftovers with the same id.
+pub(crate) fn read_back(
+    s: &Session,
+    kind: KeyKind,
+    id: &KeyId,
+    g: &Generated,
+) -> Result<Option<PublicKeyInfo>, OpError> {
+    let Some(h) = g.public else {
+        return Ok(None);
+    };
+    let checked = read_public(s, h).and_then(|p| {
+        let bits = RsaPublicKey::from_public_key_der(&p.spki_der).map_or(0, |k| k.n().bits());
+        if bits == 2048 {
+            Ok(p)
+        } else {
+            Err(OpError::Backend(BackendError::Unavailable(format!(
+                "token returned a {bits}-bit modulus for a new {kind} key"
+            ))))
+        }
+    });
+    match checked {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if e.is_broken() => Err(e),
+        Err(e) => {
+            let why = match e {
+                OpError::Ck(ck) => describe(&ck),
+                OpError::Backend(b) => b.to_string(),
+                OpError::Broken(m) | OpError::Gone(m) => m,
+            };
+            let cleanup = match discard_generated(s, id, g) {
+                Ok(()) => "its objects were destroyed".to_owned(),
+                Err(m) => format!("destroying its objects failed: {m}"),
+            };
+            tracing::warn!(
+                backend_ref = %id.to_ref(),
+                %why,
+                %cleanup,
+                "pkcs11 key creation failed on read-back"
+            );
+            Err(OpError::Backend(BackendError::Unavailable(format!(
+                "the token did not give back the public key of new key {} ({why}); {cleanup}",
+                id.to_ref()
+            ))))
+        }
+    }
+}
+
+/// Destroys the objects of a creation that failed half-way: by handle, then anything left with
+/// the id.
+fn discard_generated(s: &Session, id: &KeyId, g: &Generated) -> Result<(), String> {
+    for h in [Some(g.private), g.public].into_iter().flatten() {
+        let _ = s.destroy_object(h);
+    }
+    let left = s
+        .find_objects(&[Attribute::Id(id.0.to_vec())])
+        .map_err(|e| describe(&e))?;
+    for h in left {
+        s.destroy_object(h).map_err(|e| describe(&e))?;
+    }
+    Ok(())
+}
+
 /// Destroys every object with this id; errors with `NotFound` when there is none.
 pub(crate) fn destroy_all(s: &Session, id: &KeyId) -> Result<usize, OpError> {
     ensure_logged_in(s)?;
@@ -339,3 +410,7 @@ pub(crate) fn destroy_all(s: &Session, id: &KeyId) -> Result<usize, OpError> {
     }
     Ok(objects.len())
 }
+
+#[cfg(test)]
+#[path = "keys_tests.rs"]
+mod tests;

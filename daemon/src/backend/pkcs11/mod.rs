@@ -204,10 +204,7 @@ impl Backend for Pkcs11Backend {
         let label = format!("custodyd:{}:v{}", spec.name, spec.version);
         let (generated, public) = self.run(|s| {
             let g = keys::generate(s, spec.kind, &id, &label)?;
-            let public = match g.public {
-                Some(h) => Some(keys::read_public(s, h)?),
-                None => None,
-            };
+            let public = keys::read_back(s, spec.kind, &id, &g)?;
             let modulus_len = public.as_ref().map_or(0, |_| 256);
             Ok(((g, modulus_len), public))
         })?;
