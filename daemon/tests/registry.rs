@@ -3,18 +3,19 @@
 //! bound to their key version, and unwraps them with the master version they were wrapped under.
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+mod pkcs11_support;
 
-use custody_daemon::backend::pkcs11::{OaepMode, Pkcs11Backend, Pkcs11Config};
+use std::path::Path;
+use std::sync::Arc;
+
+use custody_daemon::backend::pkcs11::{OaepMode, Pkcs11Backend};
 use custody_daemon::backend::software::SoftwareBackend;
 use custody_daemon::backend::{Backend, BackendKind, KeyKind, Template};
 use custody_daemon::config::KeyPolicy;
 use custody_daemon::keys::{CreateSpec, KeyManager, MasterRef, Selector, VersionState};
 use custody_proto::ErrorCode;
-use custody_testkit::{Hsm, SOFTHSM_MODULE};
-use secrecy::SecretString;
+use pkcs11_support::config;
+use custody_testkit::Hsm;
 
 fn spec(name: &str, kind: KeyKind, backend: BackendKind, master: Option<&str>) -> CreateSpec {
     CreateSpec {
@@ -63,14 +64,7 @@ fn registry_versions_and_software_keys_on_softhsm() {
     std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
     let pin = hsm.pin();
     let backend: Arc<dyn Backend> = Arc::new(
-        Pkcs11Backend::start(Pkcs11Config {
-            module: PathBuf::from(SOFTHSM_MODULE),
-            token_label: "custody".into(),
-            pin: SecretString::from(pin),
-            max_sessions: 4,
-            op_timeout: Duration::from_secs(30),
-            oaep: OaepMode::Auto,
-        })
+        Pkcs11Backend::start(config("custody", &pin, 4, OaepMode::Auto))
         .expect("backend"),
     );
     let db = dir.path().join("registry.db");

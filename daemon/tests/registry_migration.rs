@@ -4,17 +4,18 @@
 //! key keeps its secret and its public key. Runs on the SoftHSM token that made the fixture.
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
+mod pkcs11_support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use custody_daemon::backend::pkcs11::{OaepMode, Pkcs11Backend, Pkcs11Config};
+use custody_daemon::backend::pkcs11::{OaepMode, Pkcs11Backend};
 use custody_daemon::backend::software::SoftwareBackend;
 use custody_daemon::backend::{Backend, BackendKind, KeyKind, KeyRef};
 use custody_daemon::config::KeyPolicy;
 use custody_daemon::keys::{KeyManager, MasterRef, Selector, SCHEMA_VERSION};
 use custody_proto::ErrorCode;
-use secrecy::SecretString;
+use pkcs11_support::config;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
@@ -86,14 +87,7 @@ fn schema_0_registry_is_migrated_and_its_secrets_bound() {
     std::env::set_var("SOFTHSM2_CONF", &conf);
     let pin = std::fs::read_to_string(dir.path().join("user.pin")).expect("pin");
     let hsm: Arc<dyn Backend> = Arc::new(
-        Pkcs11Backend::start(Pkcs11Config {
-            module: PathBuf::from(MODULE),
-            token_label: "custody".into(),
-            pin: SecretString::from(pin),
-            max_sessions: 4,
-            op_timeout: Duration::from_secs(30),
-            oaep: OaepMode::Auto,
-        })
+        Pkcs11Backend::start(config("custody", &pin, 4, OaepMode::Auto))
         .expect("backend"),
     );
     let db = dir.path().join("registry.db");
