@@ -8,6 +8,7 @@ use crate::auth::Policy;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
+use crate::backend::external::ExternalBackend;
 use crate::backend::pkcs11::{Pkcs11Backend, Pkcs11Config};
 use crate::backend::software::SoftwareBackend;
 use crate::backend::tpm::{TpmBackend, TpmConfig};
@@ -82,6 +83,7 @@ pub fn backends(cfg: &Config, path: &Path) -> Result<Vec<Arc<dyn Backend>>, Stri
         out.push(Arc::new(backend));
     }
     out.push(Arc::new(SoftwareBackend));
+    out.push(Arc::new(ExternalBackend));
     Ok(out)
 }
 

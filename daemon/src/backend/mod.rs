@@ -7,6 +7,7 @@
 //! [`KeyRef`]: the opaque object reference the backend produced when the key was created, plus,
 //! for software keys, the wrapped secret and its master.
 
+pub mod external;
 pub mod pkcs11;
 pub mod software;
 pub mod tpm;
@@ -72,6 +73,9 @@ pub enum BackendKind {
     /// hardware (`wrapped` is the name it had before, still accepted).
     #[serde(rename = "software", alias = "wrapped")]
     Software,
+    /// Public-only keys of outside recipients, imported from a certificate or public key.
+    #[serde(rename = "external")]
+    External,
 }
 
 impl BackendKind {
@@ -85,6 +89,7 @@ impl BackendKind {
             BackendKind::Tpm => "tpm",
             BackendKind::Pkcs11 => "pkcs11",
             BackendKind::Software => "software",
+            BackendKind::External => "external",
         }
     }
 
@@ -103,6 +108,7 @@ impl BackendKind {
             BackendKind::Tpm => &[KeyKind::Rsa2048Sign, KeyKind::Rsa2048Oaep],
             BackendKind::Pkcs11 => &KeyKind::ALL,
             BackendKind::Software => &[KeyKind::Aes256],
+            BackendKind::External => &[KeyKind::Rsa2048Sign, KeyKind::Rsa2048Oaep],
         }
     }
 }

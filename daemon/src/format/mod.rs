@@ -11,3 +11,4 @@ pub mod envelope;
 pub mod jwt;
 pub mod thumbprint;
 pub mod tpm_public;
+pub mod x509;

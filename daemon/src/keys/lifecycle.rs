@@ -8,7 +8,7 @@ use custody_proto::ErrorCode;
 
 use super::record::{now, KeyRecord, MasterRef, SealedSecret, VersionRecord, VersionState};
 use super::select::usable;
-use super::KeyManager;
+use super::{KeyManager, Store};
 use crate::backend::{
     software, validate_key_name, BackendError, BackendKind, KeyKind, KeyRef, Master, NewKey,
     PublicKeyInfo, Template,
@@ -83,6 +83,11 @@ impl KeyManager {
                     "the software backend needs `master` (an aes256 key in hardware)",
                 ))
             }
+            (BackendKind::External, _) => {
+                return Err(OpError::bad(
+                    "external (public-only) keys are imported with keys.import, not created",
+                ))
+            }
             (BackendKind::Tpm | BackendKind::Pkcs11, Some(_)) => {
                 return Err(OpError::bad(format!(
                     "`master` is only for the software backend, not {}",
@@ -92,6 +97,17 @@ impl KeyManager {
             _ => {}
         }
         let mut store = self.lock_store();
+        self.insert_new(&mut store, spec, validity_days, pre_expire_days)
+    }
+
+    /// Creates and records version 1 of a new key under the registry lock.
+    fn insert_new(
+        &self,
+        store: &mut Store,
+        spec: &CreateSpec,
+        validity_days: u32,
+        pre_expire_days: u32,
+    ) -> Result<Arc<KeyRecord>, OpError> {
         if store.exists(&spec.name)? {
             return Err(OpError::new(
                 ErrorCode::AlreadyExists,
@@ -115,9 +131,7 @@ impl KeyManager {
             return Err(e.into());
         }
         // Published before the store lock is released, so the next admin change sees it.
-        let rec = self.publish(rec);
-        drop(store);
-        Ok(rec)
+        Ok(self.publish(rec))
     }
 
     /// Makes a new current version; previous active versions become decrypt-only.
@@ -323,6 +337,7 @@ impl KeyManager {
             public_tpmt: c.public.and_then(|p| p.tpmt),
             thumbprint,
             sealed,
+            certs: Vec::new(),
         })
     }
 

@@ -4,6 +4,7 @@
 //!
 //! Methods that touch a backend block: call them from a blocking worker thread.
 
+mod certs;
 mod lifecycle;
 mod policy;
 mod record;

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::backend::{BackendKind, KeyKind, Template};
+use crate::format::x509::CertInfo;
 
 /// State of a key version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,12 +103,27 @@ pub struct VersionRecord {
     pub thumbprint: Option<[u8; 32]>,
     /// The wrapped secret and its master version (software keys; `None` once destroyed).
     pub sealed: Option<SealedSecret>,
+    /// X.509 certificates of this version's public key, oldest first.
+    pub certs: Vec<CertInfo>,
 }
 
 impl VersionRecord {
     /// True unless destroyed.
     pub fn is_live(&self) -> bool {
         self.state != VersionState::Destroyed
+    }
+
+    /// Every thumbprint the version answers to: its SPKI's, then each certificate's.
+    pub fn thumbprints(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.thumbprint
+            .iter()
+            .chain(self.certs.iter().map(|c| &c.thumbprint))
+    }
+
+    /// The thumbprint written when sealing to this version: the newest certificate's (MOSIP's
+    /// rule), else the SPKI's.
+    pub fn recipient_thumbprint(&self) -> Option<[u8; 32]> {
+        self.certs.last().map(|c| c.thumbprint).or(self.thumbprint)
     }
 }
 

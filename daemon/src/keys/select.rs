@@ -138,7 +138,7 @@ fn select(rec: &KeyRecord, sel: Selector<'_>) -> Result<usize, OpError> {
                 .versions
                 .iter()
                 .enumerate()
-                .filter(|(_, v)| v.thumbprint.is_some_and(|t| t.starts_with(p)));
+                .filter(|(_, v)| v.thumbprints().any(|t| t.starts_with(p)));
             let (first, _) = hits.next().ok_or_else(|| {
                 OpError::new(
                     ErrorCode::NotFound,

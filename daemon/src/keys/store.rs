@@ -3,7 +3,9 @@
 //!
 //! The schema version is SQLite's `user_version`. Version 0 is the registry of the first release
 //! (no `user_version`, backend `wrapped`, the master of a wrapped secret as the text `name:vN` in
-//! `backend_ref`); [`Store::open`] migrates it to [`SCHEMA_VERSION`] in one transaction.
+//! `backend_ref`); version 1 added typed master references and the `software` name; version 2
+//! the `certs` table. [`Store::open`] migrates an older file to [`SCHEMA_VERSION`] in one
+//! transaction.
 
 use std::path::Path;
 
@@ -11,9 +13,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::record::{KeyRecord, MasterRef, SealedSecret, VersionRecord, VersionState};
 use crate::backend::{BackendKind, KeyKind, Template};
+use crate::format::x509::{parse_certificate, CertInfo};
 
 /// The schema this daemon writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Registry errors.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,26 @@ CREATE TABLE IF NOT EXISTS versions (
     master_version INTEGER,
     aad_bound      INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS certs (
+    name     TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    der      BLOB NOT NULL,
+    PRIMARY KEY (name, version, seq),
+    FOREIGN KEY (name, version) REFERENCES versions(name, version)
+);
+";
+
+/// Version 1 → 2: X.509 certificates of key versions.
+const MIGRATE_1_TO_2: &str = "
+CREATE TABLE certs (
+    name     TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    der      BLOB NOT NULL,
+    PRIMARY KEY (name, version, seq),
+    FOREIGN KEY (name, version) REFERENCES versions(name, version)
 );
 ";
 
@@ -118,6 +141,10 @@ impl Store {
             }
             SCHEMA_VERSION => return Ok(()),
             0 if !has_tables => tx.execute_batch(SCHEMA)?,
+            1 => {
+                tx.execute_batch(MIGRATE_1_TO_2)?;
+                tracing::info!(registry = %path.display(), "registry migrated from schema 1 to 2");
+            }
             0 => {
                 tx.execute_batch(MIGRATE_0_TO_1)?;
                 // The one place the old `name:vN` text is parsed: into typed columns.
@@ -143,7 +170,8 @@ impl Store {
                         params![name, version, master, mver],
                     )?;
                 }
-                tracing::info!(registry = %path.display(), "registry migrated from schema 0 to 1");
+                tx.execute_batch(MIGRATE_1_TO_2)?;
+                tracing::info!(registry = %path.display(), "registry migrated from schema 0 to 2");
             }
             v => return Err(corrupt(format!("unknown registry schema {v}"))),
         }
@@ -241,6 +269,7 @@ impl Store {
                     StoreError::Corrupt(name.to_owned(), "thumbprint length".into())
                 })?),
             };
+            let certs = self.load_certs(name, version)?;
             out.push(VersionRecord {
                 version,
                 state: VersionState::parse(&state)
@@ -252,9 +281,32 @@ impl Store {
                 public_tpmt: tpmt,
                 thumbprint,
                 sealed,
+                certs,
             });
         }
         Ok(out)
+    }
+
+    fn load_certs(&self, name: &str, version: u32) -> Result<Vec<CertInfo>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT der FROM certs WHERE name = ?1 AND version = ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![name, version], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for der in rows {
+            out.push(parse_certificate(&der?).map_err(|e| {
+                StoreError::Corrupt(format!("{name} v{version}"), format!("certificate: {e}"))
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Appends a certificate to a version.
+    pub fn add_cert(&mut self, name: &str, version: u32, der: &[u8]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        insert_cert(&tx, name, version, der)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Inserts a new key with its first version, atomically.
@@ -372,6 +424,23 @@ fn insert_version(
             v.sealed.as_ref().map(|s| s.master.version),
             v.sealed.as_ref().is_some_and(|s| s.aad_bound),
         ],
+    )?;
+    for c in &v.certs {
+        insert_cert(tx, name, v.version, &c.der)?;
+    }
+    Ok(())
+}
+
+fn insert_cert(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    version: u32,
+    der: &[u8],
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO certs (name, version, seq, der)
+         VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM certs WHERE name = ?1 AND version = ?2), ?3)",
+        params![name, version, der],
     )?;
     Ok(())
 }

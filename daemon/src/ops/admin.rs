@@ -3,13 +3,13 @@
 
 use custody_proto::ops::{
     KeyCreateArgs, KeyInfo, KeyListArgs, KeyListResult, KeyNameArgs, KeyVersionArgs, KeysCreate,
-    KeysDestroy, KeysList, KeysRetire, KeysRotate, KeysShow, Op, VersionInfo,
+    KeysDestroy, KeysList, KeysRetire, KeysRotate, KeysShow, Op, ThumbprintInfo, VersionInfo,
 };
 
 use super::{Ctx, Handle};
 use crate::backend::{BackendKind, KeyKind, Template};
 use crate::error::OpError;
-use crate::keys::{CreateSpec, KeyRecord};
+use crate::keys::{CreateSpec, KeyRecord, VersionRecord};
 
 /// The wire view of a key.
 pub fn info(rec: &KeyRecord) -> KeyInfo {
@@ -28,9 +28,31 @@ pub fn info(rec: &KeyRecord) -> KeyInfo {
                 created: v.created,
                 not_after: v.not_after,
                 thumbprint: v.thumbprint.map(|t| t.to_vec()),
+                thumbprints: thumbprints(v),
             })
             .collect(),
     }
+}
+
+/// Every thumbprint a version answers to, with what each is over.
+pub fn thumbprints(v: &VersionRecord) -> Vec<ThumbprintInfo> {
+    v.thumbprint
+        .iter()
+        .map(|t| ThumbprintInfo {
+            thumbprint: t.to_vec(),
+            over: "spki".into(),
+            subject: None,
+            issuer: None,
+            not_after: None,
+        })
+        .chain(v.certs.iter().map(|c| ThumbprintInfo {
+            thumbprint: c.thumbprint.to_vec(),
+            over: "certificate".into(),
+            subject: Some(c.subject.clone()),
+            issuer: Some(c.issuer.clone()),
+            not_after: Some(c.not_after),
+        }))
+        .collect()
 }
 
 /// `what` names, for an error message listing the allowed values.

@@ -69,7 +69,8 @@ pub fn oaep_decrypt(
 
 /// The recipient of a (re-)encryption: a named key's current version or an external key.
 pub struct Recipient {
-    /// SHA-256 of `spki`.
+    /// The thumbprint written for this recipient: its newest certificate's for a named key that
+    /// has one, else SHA-256 of its SubjectPublicKeyInfo.
     pub thumbprint: [u8; 32],
     /// Key version, for a named key.
     pub version: Option<u32>,
@@ -102,6 +103,10 @@ impl Recipient {
             .clone()
             .ok_or_else(|| OpError::internal(format!("no public key recorded for `{name}`")))?;
         let mut r = Recipient::external(spki)?;
+        // A certified recipient is addressed by its newest certificate (MOSIP's rule).
+        if let Some(t) = k.record().recipient_thumbprint() {
+            r.thumbprint = t;
+        }
         r.version = Some(k.number());
         Ok(r)
     }

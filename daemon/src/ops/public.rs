@@ -75,6 +75,7 @@ impl Handle for KeysPublic {
             data,
             thumbprint: thumb.to_vec(),
             key_index: version_key_index(v).unwrap_or_default(),
+            thumbprints: super::admin::thumbprints(v),
         })
     }
 }

@@ -59,6 +59,29 @@ pub struct VersionInfo {
     /// SHA-256 of the DER SubjectPublicKeyInfo (asymmetric kinds).
     #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
     pub thumbprint: Option<Vec<u8>>,
+    /// Every thumbprint the version answers to: the SPKI's, then each certificate's, oldest
+    /// first (omitted for kinds without a public key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thumbprints: Vec<ThumbprintInfo>,
+}
+
+/// One thumbprint of a key version and what it is over.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThumbprintInfo {
+    /// SHA-256 over `over`.
+    #[serde(with = "serde_bytes")]
+    pub thumbprint: Vec<u8>,
+    /// `spki` (the DER SubjectPublicKeyInfo) or `certificate` (the DER certificate).
+    pub over: String,
+    /// For a certificate: its subject (RFC 4514).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// For a certificate: its issuer (RFC 4514).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// For a certificate: its notAfter, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
 }
 
 /// A key and its versions.
@@ -116,4 +139,7 @@ pub struct PublicKeyResult {
     /// MOSIP key index: SHA-256 over the registered public key bytes (TPMT_PUBLIC for TPM keys,
     /// else the DER SPKI) as lowercase hex pairs joined by `:`.
     pub key_index: String,
+    /// Every thumbprint the version answers to (SPKI, then certificates, oldest first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thumbprints: Vec<ThumbprintInfo>,
 }

@@ -7,12 +7,14 @@
 //! in [`for_each_op!`](crate::for_each_op), so an op's name and its types cannot disagree.
 
 mod basic;
+mod certs;
 mod decrypt;
 mod envelope;
 mod keys;
 mod sign;
 
 pub use basic::*;
+pub use certs::*;
 pub use decrypt::*;
 pub use envelope::*;
 pub use keys::*;
@@ -103,6 +105,24 @@ macro_rules! for_each_op {
                 |a| Ok(vec![Access::on(KeysDestroy::NAME, &a.name)]));
             (KeysPublic, keys_public, KEYS_PUBLIC, "keys.public", PublicKeyArgs, PublicKeyResult,
                 |a| Ok(vec![Access::on(KeysPublic::NAME, &a.name)]));
+            (KeysCert, keys_cert, KEYS_CERT, "keys.cert", CertArgs, CertResult,
+                |a| {
+                    exactly_one(a.issuer.is_some(), a.self_signed, "`issuer` and `self_signed`")?;
+                    // Signing a certificate with the issuer key is a use of that key.
+                    Ok(std::iter::once(Access::on(KeysCert::NAME, &a.name))
+                        .chain(a.issuer.as_deref().map(|i| Access::on(KeysCert::NAME, i)))
+                        .collect())
+                });
+            (KeysCsr, keys_csr, KEYS_CSR, "keys.csr", CsrArgs, CsrResult,
+                |a| Ok(vec![Access::on(KeysCsr::NAME, &a.name)]));
+            (KeysCertImport, keys_cert_import, KEYS_CERT_IMPORT, "keys.cert-import",
+                CertImportArgs, CertResult,
+                |a| Ok(vec![Access::on(KeysCertImport::NAME, &a.name)]));
+            (KeysCertExport, keys_cert_export, KEYS_CERT_EXPORT, "keys.cert-export",
+                CertExportArgs, CertExportResult,
+                |a| Ok(vec![Access::on(KeysCertExport::NAME, &a.name)]));
+            (KeysImport, keys_import, KEYS_IMPORT, "keys.import", KeyImportArgs, KeyInfo,
+                |a| Ok(vec![Access::on(KeysImport::NAME, &a.name)]));
             (Sign, sign, SIGN, "sign", SignArgs, SignResult,
                 |a| Ok(vec![Access::on(Sign::NAME, &a.key)]));
             (SignBatch, sign_batch, SIGN_BATCH, "sign.batch", SignBatchArgs, SignBatchResult,

@@ -1,4 +1,5 @@
-//! `keys create | list | show | rotate | retire | destroy | public`.
+//! `keys create | list | show | rotate | retire | destroy | public`, and the certificate
+//! commands of [`crate::certs`].
 
 use std::path::PathBuf;
 
@@ -14,6 +15,8 @@ use crate::Out;
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    #[command(flatten)]
+    Certs(crate::certs::Cmd),
     /// Create a key with its first version (admin).
     Create {
         /// Key name: 1–64 of A-Z a-z 0-9 . _ -
@@ -81,15 +84,19 @@ pub enum Cmd {
     },
 }
 
+/// Prints a key: JSON, or one line per version.
+pub fn show(json: bool, k: KeyInfo) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&k).unwrap_or_default());
+    } else {
+        print_key(&k);
+    }
+}
+
 pub fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
-    let show = |k: KeyInfo| {
-        if json {
-            println!("{}", serde_json::to_string_pretty(&k).unwrap_or_default());
-        } else {
-            print_key(&k);
-        }
-    };
+    let show = |k: KeyInfo| show(json, k);
     match cmd {
+        Cmd::Certs(cmd) => return crate::certs::run(c, json, cmd),
         Cmd::Create {
             name,
             kind,
@@ -141,6 +148,10 @@ pub fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
                     serde_json::to_string_pretty(&json!({
                         "name": r.name, "version": r.version, "format": r.format, "data": data,
                         "thumbprint": hex::encode(&r.thumbprint), "key_index": r.key_index,
+                        "thumbprints": r.thumbprints.iter().map(|t| json!({
+                            "thumbprint": hex::encode(&t.thumbprint), "over": t.over,
+                            "subject": t.subject, "issuer": t.issuer, "not_after": t.not_after,
+                        })).collect::<Vec<_>>(),
                     }))
                     .unwrap_or_default()
                 );
@@ -169,6 +180,14 @@ fn print_key(k: &KeyInfo) {
                 .map(|t| format!("  thumbprint {}", hex::encode(t)))
                 .unwrap_or_default()
         );
+        for t in v.thumbprints.iter().filter(|t| t.over == "certificate") {
+            println!(
+                "      certificate {}  subject {}  issuer {}",
+                hex::encode(&t.thumbprint),
+                t.subject.as_deref().unwrap_or("?"),
+                t.issuer.as_deref().unwrap_or("?")
+            );
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod basic;
+mod certs;
 mod decrypt;
 mod envelope;
 mod exit;
@@ -46,7 +47,8 @@ struct Cli {
 enum Cmd {
     #[command(flatten)]
     Basic(basic::Cmd),
-    /// Manage keys (create, list, show, rotate, retire, destroy, public).
+    /// Manage keys (create, list, show, rotate, retire, destroy, public) and their certificates
+    /// (cert, csr, cert-import, cert-export, import).
     #[command(subcommand)]
     Keys(keys::Cmd),
     #[command(flatten)]
