@@ -66,8 +66,8 @@ pub use process::{
     stderr, stdout, wait_for, workspace_file, workspace_root, SEC,
 };
 pub use python::{
-    py_envelope, python, python_tpm_primary, require_python_cryptography, MOSIP_ENVELOPE_PY,
-    TPM_PRIMARY_PY,
+    py_ca, py_envelope, python, python_tpm_primary, require_python_cryptography, MOSIP_ENVELOPE_PY,
+    TPM_PRIMARY_PY, X509_CA_PY,
 };
 pub use raw::{
     err_code, frame_bytes, ping_args, ping_data, request_body, server_code, RawConn, Reply,

@@ -9,6 +9,8 @@ use crate::process::{run_ok, run_with_timeout, stderr, stdout, workspace_file};
 
 /// The MOSIP `VER_R2` envelope in Python (`seal`/`open`, `--base64`).
 pub const MOSIP_ENVELOPE_PY: &str = "tests/interop/mosip_envelope.py";
+/// An independent certificate authority (`ca`, `issue`, `ec`), Python `cryptography`.
+pub const X509_CA_PY: &str = "tests/interop/x509_ca.py";
 /// A raw TPM2_CreatePrimary with MOSIP's templates: `PORT sign|encrypt [--template]`.
 pub const TPM_PRIMARY_PY: &str = "tests/interop/tpm_mosip_primary.py";
 
@@ -49,4 +51,11 @@ pub fn python_tpm_primary(port: u16, which: &str) -> Vec<u8> {
         stderr(&out)
     );
     hex::decode(stdout(&out).trim()).expect("hex TPMT_PUBLIC")
+}
+
+/// `python3 tests/interop/x509_ca.py ARGS…`, asserting success.
+pub fn py_ca(args: &[&str]) -> Output {
+    let mut c = Command::new("python3");
+    c.arg(workspace_file(X509_CA_PY)).args(args);
+    run_ok(&mut c)
 }

@@ -9,12 +9,14 @@ Written from reference/mosip.md, for interoperability tests against custodyd's R
 - data: AES-256-GCM, 128-bit tag, fresh random key per message;
 - GCM nonce = first 12 bytes of aad, GCM AAD = all 32 aad bytes;
 - key: RSA-OAEP, SHA-256, MGF1-SHA-256, empty label;
-- thumbprint of a bare public key: SHA-256 over its DER SubjectPublicKeyInfo;
+- thumbprint of a bare public key: SHA-256 over its DER SubjectPublicKeyInfo; of a certified
+  recipient (MOSIP's rule): SHA-256 over the DER certificate;
 - wire form: base64url without padding (padded / standard base64 accepted on input).
 
 Usage:
-    mosip_envelope.py seal --pub PUB.pem --in FILE --out FILE [--base64]
-    mosip_envelope.py open --key PRIV.pem --in FILE --out FILE [--base64]
+    mosip_envelope.py seal (--pub PUB.pem | --cert CERT.pem) --in FILE --out FILE [--base64]
+    mosip_envelope.py open --key PRIV.pem [--cert CERT.pem]... --in FILE --out FILE [--base64]
+    mosip_envelope.py thumbprint --in FILE [--cert CERT.pem] [--base64]
 """
 
 import argparse
@@ -25,6 +27,7 @@ import os
 import sys
 
 from cryptography.exceptions import InvalidTag
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -73,7 +76,14 @@ def b64_decode(text):
         raise EnvelopeError("invalid base64") from e
 
 
-def seal(public_key, plaintext):
+def cert_thumbprint(cert):
+    """MOSIP's thumbprint of a certified recipient: SHA-256 over the DER certificate."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(cert.public_bytes(serialization.Encoding.DER))
+    return digest.finalize()
+
+
+def seal(public_key, plaintext, thumbprint=None):
     if not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size != 2048:
         raise EnvelopeError("recipient must be an RSA-2048 public key")
     aes_key = AESGCM.generate_key(bit_length=256)
@@ -82,10 +92,11 @@ def seal(public_key, plaintext):
     wrapped = public_key.encrypt(aes_key, oaep())
     if len(wrapped) != WRAPPED_LEN:
         raise EnvelopeError("wrapped key is not 256 bytes")
-    return VERSION + spki_thumbprint(public_key) + wrapped + SPLITTER + aad + body
+    thumb = thumbprint if thumbprint is not None else spki_thumbprint(public_key)
+    return VERSION + thumb + wrapped + SPLITTER + aad + body
 
 
-def open_envelope(private_key, envelope):
+def open_envelope(private_key, envelope, accepted=()):
     if not envelope.startswith(VERSION):
         raise EnvelopeError("not a VER_R2 envelope")
     rest = envelope[len(VERSION):]
@@ -105,7 +116,7 @@ def open_envelope(private_key, envelope):
         raise EnvelopeError("truncated aad/body")
     aad, body = rest[:AAD_LEN], rest[AAD_LEN:]
 
-    if thumb != spki_thumbprint(private_key.public_key()):
+    if thumb != spki_thumbprint(private_key.public_key()) and thumb not in accepted:
         raise EnvelopeError("thumbprint does not match the private key")
     aes_key = private_key.decrypt(wrapped, oaep())
     if len(aes_key) != 32:
@@ -120,9 +131,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("seal", help="seal a file to a public key")
-    s.add_argument("--pub", required=True, help="recipient RSA-2048 public key (PEM SPKI)")
+    s.add_argument("--pub", help="recipient RSA-2048 public key (PEM SPKI)")
+    s.add_argument("--cert", help="recipient certificate (PEM): the thumbprint is the "
+                   "certificate's, MOSIP's rule")
     o = sub.add_parser("open", help="open an envelope with a private key")
     o.add_argument("--key", required=True, help="RSA private key (PEM)")
+    o.add_argument("--cert", action="append", default=[],
+                   help="also accept this certificate's thumbprint (PEM; repeatable)")
+    t = sub.add_parser("thumbprint", help="print the thumbprint an envelope carries, and the "
+                       "thumbprint of a certificate (hex)")
+    t.add_argument("--cert", help="certificate (PEM) whose thumbprint to print as well")
+    t.add_argument("--in", dest="infile", required=True)
+    t.add_argument("--base64", action="store_true")
     for p in (s, o):
         p.add_argument("--in", dest="infile", required=True)
         p.add_argument("--out", dest="outfile", required=True)
@@ -132,11 +152,30 @@ def main(argv=None):
 
     with open(args.infile, "rb") as f:
         data = f.read()
+    def load_cert(path):
+        with open(path, "rb") as f:
+            return x509.load_pem_x509_certificate(f.read())
+
     try:
+        if args.cmd == "thumbprint":
+            if args.base64:
+                data = b64_decode(data)
+            if not data.startswith(VERSION) or len(data) < len(VERSION) + THUMB_LEN:
+                raise EnvelopeError("not a VER_R2 envelope")
+            print("envelope %s" % data[len(VERSION):len(VERSION) + THUMB_LEN].hex())
+            if args.cert:
+                print("certificate %s" % cert_thumbprint(load_cert(args.cert)).hex())
+            return 0
         if args.cmd == "seal":
-            with open(args.pub, "rb") as f:
-                pub = serialization.load_pem_public_key(f.read())
-            out = seal(pub, data)
+            if (args.pub is None) == (args.cert is None):
+                raise EnvelopeError("give exactly one of --pub and --cert")
+            if args.cert:
+                cert = load_cert(args.cert)
+                out = seal(cert.public_key(), data, cert_thumbprint(cert))
+            else:
+                with open(args.pub, "rb") as f:
+                    pub = serialization.load_pem_public_key(f.read())
+                out = seal(pub, data)
             if args.base64:
                 out = b64url_encode(out)
         else:
@@ -144,7 +183,8 @@ def main(argv=None):
                 key = serialization.load_pem_private_key(f.read(), password=None)
             if args.base64:
                 data = b64_decode(data)
-            out = open_envelope(key, data)
+            accepted = [cert_thumbprint(load_cert(c)) for c in args.cert]
+            out = open_envelope(key, data, accepted)
     except EnvelopeError as e:
         print("mosip_envelope: %s" % e, file=sys.stderr)
         return 1
