@@ -5,7 +5,9 @@
 #   2. registration client: machine public key + MOSIP key index from the TPM, a packet signed and
 #      verified with openssl, a request JWT signed and verified;
 #   3. IDA: a partner-encrypted envelope (sealed by an independent Python implementation) opened in
-#      the HSM, the key rotated, the old envelope still opened, a new one sealed to the new version.
+#      the HSM; IDA's partner key certified by a MOSIP CA key in the HSM, the certificate exported
+#      and verified with openssl, a datashare sealed to the certificate's thumbprint opened; the
+#      key rotated, the old envelopes still opened, a new one sealed to the new version.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export DEV=${DEV:-$root/target/demo}
@@ -61,6 +63,25 @@ step "IDA: open it with the private key in the HSM"
 run custody envelope open ida-partner --in "$W/datashare.v1.env" --out "$W/opened.v1.json"
 run cat "$W/opened.v1.json"
 cmp "$W/datashare.json" "$W/opened.v1.json" && echo "plaintext matches"
+
+step "Administrator: a MOSIP CA in the HSM certifies IDA's partner key (signed inside the HSM)"
+run custody keys create mosip-ca --kind rsa2048-sign --backend pkcs11
+run custody keys cert mosip-ca --self-signed --ca --subject "CN=MOSIP CA,O=MOSIP,C=IN" \
+  --out "$W/mosip-ca.pem"
+run custody keys cert ida-partner --issuer mosip-ca --subject "CN=IDA partner,O=MOSIP,C=IN" \
+  --out "$W/ida-partner.cert.pem"
+run custody keys cert-export ida-partner --chain --out "$W/ida-partner.chain.pem"
+echo "exported chain: $(grep -c 'BEGIN CERTIFICATE' "$W/ida-partner.chain.pem") certificates"
+run openssl verify -CAfile "$W/mosip-ca.pem" "$W/ida-partner.cert.pem"
+run custody keys show ida-partner
+
+step "IDA: a partner seals a datashare to IDA's certificate (thumbprint = SHA-256 of the DER certificate, as MOSIP does)"
+run python3 "$root/tests/interop/mosip_envelope.py" seal --cert "$W/ida-partner.cert.pem" \
+  --in "$W/datashare.json" --out "$W/datashare.cert.env"
+run python3 "$root/tests/interop/mosip_envelope.py" thumbprint --in "$W/datashare.cert.env" \
+  --cert "$W/ida-partner.cert.pem"
+run custody envelope open ida-partner --in "$W/datashare.cert.env" --out "$W/opened.cert.json"
+cmp "$W/datashare.json" "$W/opened.cert.json" && echo "plaintext matches"
 
 step "Administrator: rotate IDA's partner key without a restart"
 run custody keys rotate ida-partner
