@@ -273,14 +273,15 @@ mod tests {
         let all: Vec<(&str, Value)> = custody_proto::for_each_op!(default_args);
         assert_eq!(all.len(), DISPATCHED.len());
         for (i, (op, mut args)) in all.into_iter().enumerate() {
-            // The two ops that need exactly one recipient get one, so only authorization can fail.
+            // The ops that need exactly one of two fields get one, so only authorization can fail.
             let extra = match op {
-                "envelope.seal" => Some("key"),
-                "rewrap" => Some("to_key"),
+                "envelope.seal" => Some(("key", Value::Text("k".into()))),
+                "rewrap" => Some(("to_key", Value::Text("k".into()))),
+                "keys.cert" => Some(("self_signed", Value::Bool(true))),
                 _ => None,
             };
-            if let (Some(field), Value::Map(m)) = (extra, &mut args) {
-                m.push((Value::Text(field.into()), Value::Text("k".into())));
+            if let (Some((field, value)), Value::Map(m)) = (extra, &mut args) {
+                m.push((Value::Text(field.into()), value));
             }
             let req = Request {
                 id: i as u64 + 1,
