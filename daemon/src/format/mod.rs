@@ -9,5 +9,6 @@
 pub mod b64;
 pub mod envelope;
 pub mod jwt;
+pub mod okp;
 pub mod thumbprint;
 pub mod tpm_public;

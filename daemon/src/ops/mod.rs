@@ -5,6 +5,7 @@
 
 mod admin;
 mod basic;
+mod boxes;
 mod decrypt;
 mod envelope;
 mod keyuse;
