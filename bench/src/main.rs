@@ -646,6 +646,28 @@ fn main() {
             daemon: x,
             reference: "–",
         });
+        let (d, x) = b.pair_depth(
+            2,
+            2,
+            8,
+            names::SIGN,
+            SignArgs {
+                key: "hsm-ed25519".into(),
+                data: Some(notes.clone()),
+                ..Default::default()
+            },
+            || {
+                p11.sign_ed25519(&KeyRef::object(&d_ed.backend_ref), &notes)
+                    .expect("direct Ed25519 sign");
+            },
+        );
+        rows.push(Row {
+            op: "HSM Ed25519 sign (256 B, CKM_EDDSA)",
+            callers: "2 threads / 2 conns × 8 in flight",
+            direct: Some(d),
+            daemon: x,
+            reference: "–",
+        });
     }
 
     let elapsed = t0.elapsed();
