@@ -7,7 +7,7 @@ APT_PACKAGES := swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc pkg-con
 
 .PHONY: deps build test lint demo dev dev-stop bench clean-dev
 
-## deps: install missing system packages (apt) and the Python interop library (pip)
+## deps: install missing system packages (apt) and the Python interop libraries (pip: cryptography, PyNaCl)
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -24,6 +24,12 @@ deps:
 	  { if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
 	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends python3-cryptography >/dev/null; }
 	@python3 -c 'import cryptography' || { echo "deps: python3 cannot import cryptography" >&2; exit 1; }
+	@python3 -c 'import nacl.public' 2>/dev/null || \
+	  python3 -m pip install --quiet pynacl 2>/dev/null || \
+	  python3 -m pip install --quiet --break-system-packages pynacl 2>/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends python3-nacl >/dev/null; }
+	@python3 -c 'import nacl.public' || { echo "deps: python3 cannot import nacl (PyNaCl)" >&2; exit 1; }
 
 ## build: the whole workspace (daemon, client, tests)
 build: deps

@@ -7,7 +7,10 @@
 #   3. IDA: a partner-encrypted envelope (sealed by an independent Python implementation) opened in
 #      the HSM; IDA's partner key certified by a MOSIP CA key in the HSM, the certificate exported
 #      and verified with openssl, a datashare sealed to the certificate's thumbprint opened; the
-#      key rotated, the old envelopes still opened, a new one sealed to the new version.
+#      key rotated, the old envelopes still opened, a new one sealed to the new version;
+#   4. idOS: an issuer (Ed25519 key in the HSM) writes a credential sealed to the user's custody
+#      X25519 key; the user grants access (re-encrypted to a consumer inside the daemon, content
+#      hash returned and checked); the consumer opens it with PyNaCl; a wrong hash is refused.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export DEV=${DEV:-$root/target/demo}
@@ -93,6 +96,52 @@ custody envelope open ida-partner --in "$W/datashare.v1.env" | cmp - "$W/datasha
 step "IDA: new envelopes go to version 2"
 run custody envelope seal ida-partner --in "$W/datashare.json" --out "$W/datashare.v2.env"
 run custody --json envelope open ida-partner --in "$W/datashare.v2.env"
+
+step "idOS: keys in custody (user X25519 wrapped under an HSM master, issuer Ed25519 in the HSM)"
+run custody keys create idos-master --kind aes256 --backend pkcs11 >/dev/null
+run custody keys create idos-user --kind x25519 --backend software --master idos-master >/dev/null
+run custody keys create idos-issuer --kind ed25519 --backend pkcs11 >/dev/null
+user_pub=$(custody keys public idos-user); echo "user public key (base64): $user_pub"
+issuer_pub=$(custody keys public idos-issuer); echo "issuer_auth_public_key (hex): $issuer_pub"
+
+step "idOS: the issuer writes a credential sealed to the user, and signs it as idOS does"
+echo '{"credentialSubject":{"id":"did:example:ada","kyc":"plus"}}' > "$W/credential.json"
+printf '%s' '{"id":"cred-1","type":"KYC","level":"plus","issuer":"demo-issuer"}' > "$W/public_notes"
+epk=$(custody box seal --to-pubkey "$user_pub" --in "$W/credential.json" --out "$W/content.b64")
+echo "content: $(head -c 40 "$W/content.b64")…  encryptor_public_key: $epk"
+custody sign idos-issuer --in "$W/public_notes" --out "$W/public_notes_signature"
+base64 -d "$W/content.b64" > "$W/content.bin"
+cat "$W/public_notes_signature" "$W/content.bin" > "$W/broader"
+custody sign idos-issuer --in "$W/broader" --out "$W/broader_signature"
+run python3 "$root/tests/interop/idos_nacl.py" verify --public "$issuer_pub" \
+  --sig "$W/public_notes_signature" --in "$W/public_notes"
+run python3 "$root/tests/interop/idos_nacl.py" verify --public "$issuer_pub" \
+  --sig "$W/broader_signature" --in "$W/broader"
+echo "both issuer signatures verify with PyNaCl's VerifyKey"
+
+step "idOS: the user grants a consumer access: re-encrypted inside the daemon, hash checked"
+consumer=$(python3 "$root/tests/interop/idos_nacl.py" keygen)
+consumer_sk=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["secret"])' "$consumer")
+consumer_pk=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["public"])' "$consumer")
+hash=$(sha256sum "$W/credential.json" | cut -d' ' -f1)
+echo "grant content_hash (SHA-256 of the credential, computed by the issuer): $hash"
+run custody box reencrypt idos-user --encryptor-pubkey "$epk" --to-pubkey "$consumer_pk" \
+  --in "$W/content.b64" --out "$W/granted.b64" --expect-sha256 "$hash" > "$W/grant.out"
+cat "$W/grant.out"
+grant_epk=$(sed -n 's/^encryptor_public_key //p' "$W/grant.out")
+
+step "idOS: the consumer opens its copy with PyNaCl"
+run python3 "$root/tests/interop/idos_nacl.py" open --secret "$consumer_sk" --encryptor "$grant_epk" \
+  --in "$W/granted.b64" --out "$W/consumer.json"
+run cat "$W/consumer.json"
+cmp "$W/credential.json" "$W/consumer.json" && echo "plaintext matches"
+
+step "idOS: a grant whose hash does not match the content is refused"
+if custody box reencrypt idos-user --encryptor-pubkey "$epk" --to-pubkey "$consumer_pk" \
+    --in "$W/content.b64" --out "$W/bad.b64" --expect-sha256 "$(printf x | sha256sum | cut -d' ' -f1)"; then
+  echo "ERROR: a wrong content hash was accepted" >&2; exit 1
+fi
+[ ! -e "$W/bad.b64" ] && echo "refused (integrity); nothing written"
 
 step "Audit trail (last lines)"
 tail -n 5 "$DEV/audit.log"

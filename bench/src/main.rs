@@ -20,11 +20,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use custody_daemon::backend::pkcs11::{OaepMode, Pkcs11Backend, Pkcs11Config};
+use custody_daemon::backend::software::{aad, SoftwareBackend};
 use custody_daemon::backend::tpm::{TpmBackend, TpmConfig};
-use custody_daemon::backend::{Backend, KeyKind, KeyRef, NewKey, SignScheme, Template};
+use custody_daemon::backend::{
+    Backend, KeyKind, KeyRef, Master, NewKey, Sealed, SignScheme, Template,
+};
+use custody_daemon::crypto::idos;
 use custody_daemon::format::envelope;
 use custody_testkit::proto::ops::{
-    names, KeyCreateArgs, OpenArgs, PingArgs, PublicKeyArgs, PublicKeyResult, SignArgs, UnwrapArgs,
+    names, BoxOpenArgs, BoxReencryptArgs, KeyCreateArgs, OpenArgs, PingArgs, PublicKeyArgs,
+    PublicKeyResult, SignArgs, UnwrapArgs,
 };
 use custody_testkit::{workspace_root, Client, Daemon, DaemonBuilder, SOFTHSM_MODULE};
 use rsa::pkcs8::DecodePublicKey;
@@ -168,6 +173,23 @@ impl Bench {
         A: Serialize + Send + Sync + 'static,
         F: Fn() + Sync,
     {
+        self.pair_depth(threads, conns, 1, op, args, direct)
+    }
+
+    /// [`Bench::pair`] with `depth` requests in flight on each connection (pipelined).
+    fn pair_depth<A, F>(
+        &self,
+        threads: usize,
+        conns: usize,
+        depth: usize,
+        op: &'static str,
+        args: A,
+        direct: F,
+    ) -> (f64, f64)
+    where
+        A: Serialize + Send + Sync + 'static,
+        F: Fn() + Sync,
+    {
         let args = Arc::new(args);
         let clients = self.clients(conns);
         for _ in 0..10 {
@@ -183,7 +205,7 @@ impl Bench {
         let (mut d, mut x) = (Vec::new(), Vec::new());
         for _ in 0..REPS {
             d.push(direct_rate(threads, self.dur, &direct));
-            x.push(self.daemon_once(&clients, 1, op, &args));
+            x.push(self.daemon_once(&clients, depth, op, &args));
         }
         (median(d), median(x))
     }
@@ -209,12 +231,16 @@ impl Bench {
     }
 
     fn spki(&self, name: &str) -> Vec<u8> {
+        self.public(name, "der")
+    }
+
+    fn public(&self, name: &str, format: &str) -> Vec<u8> {
         let r: PublicKeyResult = self.call(
             names::KEYS_PUBLIC,
             &PublicKeyArgs {
                 name: name.into(),
                 version: None,
-                format: Some("der".into()),
+                format: Some(format.into()),
             },
         );
         r.data
@@ -254,15 +280,17 @@ fn main() {
     // The direct PKCS#11 backend uses the daemon's token: SoftHSM reads SOFTHSM2_CONF once, at
     // this process's first C_Initialize.
     std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
-    let p11 = Pkcs11Backend::start(Pkcs11Config {
-        module: SOFTHSM_MODULE.into(),
-        token_label: hsm.label.clone(),
-        pin: SecretString::from(hsm.pin()),
-        max_sessions: 8,
-        op_timeout: Duration::from_secs(30),
-        oaep: OaepMode::Auto,
-    })
-    .expect("PKCS#11 backend");
+    let p11 = Arc::new(
+        Pkcs11Backend::start(Pkcs11Config {
+            module: SOFTHSM_MODULE.into(),
+            token_label: hsm.label.clone(),
+            pin: SecretString::from(hsm.pin()),
+            max_sessions: 8,
+            op_timeout: Duration::from_secs(30),
+            oaep: OaepMode::Auto,
+        })
+        .expect("PKCS#11 backend"),
+    );
     let new = |name, kind| NewKey {
         name,
         version: 1,
@@ -477,6 +505,170 @@ fn main() {
         daemon: tpm_daemon,
         reference: reference::TPM_SIGN_1,
     });
+
+    // 6. idOS: box.open and box.reencrypt of 1 KiB (x25519 software key wrapped under an HSM
+    // master: every operation unwraps the secret on the token), pipelined; Ed25519 sign in the HSM.
+    log("idOS boxes");
+    {
+        let d_master = p11
+            .create(&new("bench-direct-master", KeyKind::Aes256))
+            .expect("direct master");
+        let master = Master {
+            backend: p11.clone(),
+            object: d_master.backend_ref.clone(),
+        };
+        let sw = SoftwareBackend;
+        let a = aad("bench-direct-x25519", 1, KeyKind::X25519);
+        let d_x = sw
+            .create(&NewKey {
+                name: "bench-direct-x25519",
+                version: 1,
+                kind: KeyKind::X25519,
+                template: Template::Default,
+                master: Some((&master, &a)),
+            })
+            .expect("direct x25519 key");
+        let d_pub: [u8; 32] = d_x.public.as_ref().expect("public").spki_der[12..]
+            .try_into()
+            .expect("32 bytes");
+        let sealed = Sealed {
+            blob: d_x.sealed.clone().expect("sealed"),
+            aad: a.clone(),
+            master: master.clone(),
+        };
+        let d_ref = KeyRef {
+            object: "",
+            sealed: Some(&sealed),
+        };
+        b.create_key("idos-master", "aes256", "pkcs11", None);
+        let _: ciborium::Value = b.call(
+            names::KEYS_CREATE,
+            &KeyCreateArgs {
+                name: "idos-user".into(),
+                kind: "x25519".into(),
+                backend: "software".into(),
+                master: Some("idos-master".into()),
+                ..Default::default()
+            },
+        );
+        let x_pub: [u8; 32] = b.public("idos-user", "raw").try_into().expect("32 bytes");
+        let plaintext = vec![0x5au8; 1024];
+        let d_box = idos::seal(&d_pub, &plaintext).expect("seal");
+        let x_box = idos::seal(&x_pub, &plaintext).expect("seal");
+        let grantee = idos::seal(&d_pub, b"").expect("a key").encryptor_public_key;
+        let d_open = || {
+            let c = idos::parse_content(&d_box.content).expect("content");
+            let pt = sw
+                .box_open(&d_ref, &d_box.encryptor_public_key, &c.nonce, c.boxed)
+                .expect("direct box open");
+            assert_eq!(pt.len(), 1024);
+        };
+        log("box.open, pipelined");
+        let (d, x) = b.pair_depth(
+            2,
+            2,
+            16,
+            names::BOX_OPEN,
+            BoxOpenArgs {
+                key: "idos-user".into(),
+                version: None,
+                encryptor_public_key: x_box.encryptor_public_key.to_vec(),
+                content: x_box.content.clone(),
+            },
+            d_open,
+        );
+        rows.push(Row {
+            op: "idOS `box.open` (1 KiB, x25519 wrapped under HSM master)",
+            callers: "2 threads / 2 conns × 16 in flight",
+            direct: Some(d),
+            daemon: x,
+            reference: "–",
+        });
+        let d_reencrypt = || {
+            let c = idos::parse_content(&d_box.content).expect("content");
+            let pt = sw
+                .box_open(&d_ref, &d_box.encryptor_public_key, &c.nonce, c.boxed)
+                .expect("direct box open");
+            let hash = idos::content_hash(&pt);
+            let s = idos::seal(&grantee, &pt).expect("seal");
+            assert_eq!((hash.len(), s.content.len()), (64, 1064));
+        };
+        log("box.reencrypt, pipelined");
+        let (d, x) = b.pair_depth(
+            2,
+            2,
+            16,
+            names::BOX_REENCRYPT,
+            BoxReencryptArgs {
+                key: "idos-user".into(),
+                version: None,
+                encryptor_public_key: x_box.encryptor_public_key.to_vec(),
+                content: x_box.content.clone(),
+                to_public_key: grantee.to_vec(),
+                expect_content_hash: Some(idos::content_hash(&plaintext)),
+            },
+            d_reencrypt,
+        );
+        rows.push(Row {
+            op: "idOS `box.reencrypt` (1 KiB, hash checked)",
+            callers: "2 threads / 2 conns × 16 in flight",
+            direct: Some(d),
+            daemon: x,
+            reference: "–",
+        });
+
+        log("HSM Ed25519 sign");
+        let d_ed = p11
+            .create(&new("bench-direct-ed25519", KeyKind::Ed25519))
+            .expect("direct ed25519 key");
+        b.create_key("hsm-ed25519", "ed25519", "pkcs11", None);
+        let notes = vec![0x42u8; 256];
+        let (d, x) = b.pair(
+            1,
+            1,
+            names::SIGN,
+            SignArgs {
+                key: "hsm-ed25519".into(),
+                data: Some(notes.clone()),
+                ..Default::default()
+            },
+            || {
+                let sig = p11
+                    .sign_ed25519(&KeyRef::object(&d_ed.backend_ref), &notes)
+                    .expect("direct Ed25519 sign");
+                assert_eq!(sig.len(), 64);
+            },
+        );
+        rows.push(Row {
+            op: "HSM Ed25519 sign (256 B, CKM_EDDSA)",
+            callers: "1",
+            direct: Some(d),
+            daemon: x,
+            reference: "–",
+        });
+        let (d, x) = b.pair_depth(
+            2,
+            2,
+            8,
+            names::SIGN,
+            SignArgs {
+                key: "hsm-ed25519".into(),
+                data: Some(notes.clone()),
+                ..Default::default()
+            },
+            || {
+                p11.sign_ed25519(&KeyRef::object(&d_ed.backend_ref), &notes)
+                    .expect("direct Ed25519 sign");
+            },
+        );
+        rows.push(Row {
+            op: "HSM Ed25519 sign (256 B, CKM_EDDSA)",
+            callers: "2 threads / 2 conns × 8 in flight",
+            direct: Some(d),
+            daemon: x,
+            reference: "–",
+        });
+    }
 
     let elapsed = t0.elapsed();
     let md = report(&rows, dur, elapsed);

@@ -34,6 +34,18 @@ pub fn b64url_decode(s: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("not base64url ({e}): {s}"))
 }
 
+/// Standard base64 with padding (idOS's storage encoding).
+pub fn b64std(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Decodes standard base64 with padding (surrounding whitespace ignored), panicking otherwise.
+pub fn b64std_decode(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .unwrap_or_else(|e| panic!("not standard base64 ({e}): {s:?}"))
+}
+
 /// `n` random bytes from `/dev/urandom`.
 pub fn random(n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];

@@ -79,21 +79,37 @@ impl Hsm {
 
     /// `pkcs11-tool --module SOFTHSM --token-label LABEL --login --pin PIN ARGS…` with this
     /// token's `SOFTHSM2_CONF`; its output, successful or not.
+    ///
+    /// SoftHSM's file store has no lock between processes: while the process under test rewrites
+    /// the token's files, a second process scanning the token directory can miss the token
+    /// ("No slot with token named …"). That answer is retried (up to 10 times, 100 ms apart);
+    /// any other outcome is returned as it is.
     pub fn pkcs11_tool(&self, args: &[&str]) -> Output {
         let pin = self.pin();
-        let mut c = Command::new("pkcs11-tool");
-        c.env("SOFTHSM2_CONF", &self.conf)
-            .args([
-                "--module",
-                SOFTHSM_MODULE,
-                "--token-label",
-                &self.label,
-                "--login",
-                "--pin",
-                &pin,
-            ])
-            .args(args);
-        run_with_timeout(&mut c, Duration::from_secs(60))
+        let mut attempt = 0;
+        loop {
+            let mut c = Command::new("pkcs11-tool");
+            c.env("SOFTHSM2_CONF", &self.conf)
+                .args([
+                    "--module",
+                    SOFTHSM_MODULE,
+                    "--token-label",
+                    &self.label,
+                    "--login",
+                    "--pin",
+                    &pin,
+                ])
+                .args(args);
+            let out = run_with_timeout(&mut c, Duration::from_secs(60));
+            attempt += 1;
+            if out.status.success()
+                || attempt >= 10
+                || !stderr(&out).contains("No slot with token named")
+            {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `pkcs11-tool --list-objects` on this token, asserting success; its stdout.

@@ -36,6 +36,29 @@ pub fn create_pkcs11(d: &Daemon, name: &str, kind: &str) -> Json {
     k
 }
 
+/// `custody keys create NAME --kind KIND --backend software --master MASTER`, checking the
+/// answer (kind, backend, version 1 with a thumbprint for x25519/ed25519); the key as JSON.
+pub fn create_software(d: &Daemon, name: &str, kind: &str, master: &str) -> Json {
+    let k = cli_json(
+        d,
+        &[
+            "keys",
+            "create",
+            name,
+            "--kind",
+            kind,
+            "--backend",
+            "software",
+            "--master",
+            master,
+        ],
+    );
+    assert_eq!(k["kind"], kind, "{k}");
+    assert_eq!(k["backend"], "software", "{k}");
+    assert_eq!(k["current_version"], 1, "{k}");
+    k
+}
+
 /// `custody --json keys show NAME`.
 pub fn show(d: &Daemon, name: &str) -> Json {
     cli_json(d, &["keys", "show", name])

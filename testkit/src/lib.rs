@@ -15,7 +15,8 @@
 //!   contracts (exit code and `custody: CODE: message`).
 //! * [`RawConn`] speaks the wire protocol by hand, for tests that need to misbehave.
 //! * [`openssl_verify`], [`openssl_oaep_encrypt`], [`openssl_keypair`], [`pem_from_der`]: openssl
-//!   as the independent implementation; [`py_envelope`], [`python_tpm_primary`]: the Python ones.
+//!   as the independent implementation; [`py_envelope`], [`python_tpm_primary`], [`py_idos`]
+//!   (PyNaCl): the Python ones.
 //! * [`bin_path`] finds `custodyd` / `custody` next to the running executable
 //!   (`target/<profile>/`); run `cargo build --workspace` before the tests.
 //!
@@ -49,12 +50,13 @@ pub use cli::{
 };
 pub use daemon::{Daemon, EXIT_TIMEOUT, FAKETIME_LIB, READY_TIMEOUT};
 pub use data::{
-    b64url, b64url_decode, file, flip, key_index, path_str, random, read, sha256, write,
+    b64std, b64std_decode, b64url, b64url_decode, file, flip, key_index, path_str, random, read,
+    sha256, write,
 };
 pub use hsm::{Hsm, SOFTHSM_MODULE};
 pub use keys::{
-    assert_no_pin, cli_public, create_pkcs11, pem, public, rsa_public, show, st, states, thumb,
-    token_labels, verify_pkcs1,
+    assert_no_pin, cli_public, create_pkcs11, create_software, pem, public, rsa_public, show, st,
+    states, thumb, token_labels, verify_pkcs1,
 };
 pub use openssl::{
     openssl, openssl_keypair, openssl_oaep_encrypt, openssl_oaep_encrypt_der, openssl_verify,
@@ -66,8 +68,8 @@ pub use process::{
     stderr, stdout, wait_for, workspace_file, workspace_root, SEC,
 };
 pub use python::{
-    py_ca, py_envelope, python, python_tpm_primary, require_python_cryptography, MOSIP_ENVELOPE_PY,
-    TPM_PRIMARY_PY, X509_CA_PY,
+    py_ca, py_envelope, py_idos, py_idos_json, python, python_tpm_primary, require_pynacl,
+    require_python_cryptography, IDOS_NACL_PY, MOSIP_ENVELOPE_PY, TPM_PRIMARY_PY, X509_CA_PY,
 };
 pub use raw::{
     err_code, frame_bytes, ping_args, ping_data, request_body, server_code, RawConn, Reply,

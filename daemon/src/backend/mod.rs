@@ -28,11 +28,24 @@ pub enum KeyKind {
     /// AES-256 secret key (master key for wrapping, data encryption).
     #[serde(rename = "aes256")]
     Aes256,
+    /// X25519 key agreement key for idOS's `nacl.box` (x25519-xsalsa20-poly1305); software
+    /// backend only.
+    #[serde(rename = "x25519")]
+    X25519,
+    /// Ed25519 signing key (pure Ed25519, RFC 8032): PKCS#11 (`CKM_EDDSA`) or software.
+    #[serde(rename = "ed25519")]
+    Ed25519,
 }
 
 impl KeyKind {
     /// Every kind, in documentation order.
-    pub const ALL: [KeyKind; 3] = [KeyKind::Rsa2048Sign, KeyKind::Rsa2048Oaep, KeyKind::Aes256];
+    pub const ALL: [KeyKind; 5] = [
+        KeyKind::Rsa2048Sign,
+        KeyKind::Rsa2048Oaep,
+        KeyKind::Aes256,
+        KeyKind::X25519,
+        KeyKind::Ed25519,
+    ];
 
     /// The name used in config, on the wire and in the registry.
     pub fn as_str(self) -> &'static str {
@@ -40,6 +53,8 @@ impl KeyKind {
             KeyKind::Rsa2048Sign => "rsa2048-sign",
             KeyKind::Rsa2048Oaep => "rsa2048-oaep",
             KeyKind::Aes256 => "aes256",
+            KeyKind::X25519 => "x25519",
+            KeyKind::Ed25519 => "ed25519",
         }
     }
 
@@ -50,7 +65,12 @@ impl KeyKind {
 
     /// True for kinds that have a public key.
     pub fn is_asymmetric(self) -> bool {
-        matches!(self, KeyKind::Rsa2048Sign | KeyKind::Rsa2048Oaep)
+        !matches!(self, KeyKind::Aes256)
+    }
+
+    /// True for the kinds whose public key is a raw 32-byte string (RFC 8410: X25519, Ed25519).
+    pub fn is_raw32(self) -> bool {
+        matches!(self, KeyKind::X25519 | KeyKind::Ed25519)
     }
 }
 
@@ -106,8 +126,13 @@ impl BackendKind {
     pub fn kinds(self) -> &'static [KeyKind] {
         match self {
             BackendKind::Tpm => &[KeyKind::Rsa2048Sign, KeyKind::Rsa2048Oaep],
-            BackendKind::Pkcs11 => &KeyKind::ALL,
-            BackendKind::Software => &[KeyKind::Aes256],
+            BackendKind::Pkcs11 => &[
+                KeyKind::Rsa2048Sign,
+                KeyKind::Rsa2048Oaep,
+                KeyKind::Aes256,
+                KeyKind::Ed25519,
+            ],
+            BackendKind::Software => &[KeyKind::Aes256, KeyKind::X25519, KeyKind::Ed25519],
             BackendKind::External => &[KeyKind::Rsa2048Sign, KeyKind::Rsa2048Oaep],
         }
     }
@@ -370,6 +395,36 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         let _ = (master, wrapped, aad);
         Err(unsupported(self.kind(), "unwrapping secrets"))
+    }
+
+    /// Creates a key version from a secret given by the caller (a password-derived X25519 key):
+    /// the software backend wraps it under the master like a generated one.
+    fn import(&self, spec: &NewKey<'_>, secret: &[u8]) -> Result<CreatedKey, BackendError> {
+        let _ = secret;
+        Err(unsupported(
+            self.kind(),
+            &format!("importing {} keys", spec.kind),
+        ))
+    }
+
+    /// Pure Ed25519 (RFC 8032) signature of `data` with an `ed25519` key: 64 bytes.
+    fn sign_ed25519(&self, key: &KeyRef<'_>, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        let _ = (key, data);
+        Err(unsupported(self.kind(), "Ed25519 signatures"))
+    }
+
+    /// Opens a `nacl.box` (X25519 + XSalsa20-Poly1305, libsodium `crypto_box_open_easy`) with an
+    /// `x25519` key: `boxed` is `tag(16) ‖ ciphertext`, `encryptor` the sender's (ephemeral)
+    /// public key. A wrong key or tampered box is [`BackendError::Integrity`].
+    fn box_open(
+        &self,
+        key: &KeyRef<'_>,
+        encryptor: &[u8; 32],
+        nonce: &[u8; 24],
+        boxed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let _ = (key, encryptor, nonce, boxed);
+        Err(unsupported(self.kind(), "nacl.box"))
     }
 
     /// The secret of a software key, in daemon memory for one operation.

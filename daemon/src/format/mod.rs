@@ -9,6 +9,7 @@
 pub mod b64;
 pub mod envelope;
 pub mod jwt;
+pub mod okp;
 pub mod thumbprint;
 pub mod tpm_public;
 pub mod x509;

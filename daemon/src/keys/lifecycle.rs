@@ -8,7 +8,7 @@ use custody_proto::ErrorCode;
 
 use super::record::{now, KeyRecord, MasterRef, SealedSecret, VersionRecord, VersionState};
 use super::select::usable;
-use super::{KeyManager, Store};
+use super::KeyManager;
 use crate::backend::{
     software, validate_key_name, BackendError, BackendKind, KeyKind, KeyRef, Master, NewKey,
     PublicKeyInfo, Template,
@@ -64,6 +64,27 @@ impl KeyManager {
 
     /// Creates a key with version 1; durable before it returns.
     pub fn create(&self, spec: &CreateSpec) -> Result<Arc<KeyRecord>, OpError> {
+        self.create_from(spec, None)
+    }
+
+    /// Creates a software key whose version 1 is `secret` (a password-derived X25519 key),
+    /// wrapped under the spec's master like a generated secret; durable before it returns. Later
+    /// versions (rotation) are generated as usual.
+    pub fn import(&self, spec: &CreateSpec, secret: &[u8]) -> Result<Arc<KeyRecord>, OpError> {
+        if spec.backend != BackendKind::Software {
+            return Err(OpError::bad(format!(
+                "a given secret can only be kept by the software backend, not {}",
+                spec.backend
+            )));
+        }
+        self.create_from(spec, Some(secret))
+    }
+
+    fn create_from(
+        &self,
+        spec: &CreateSpec,
+        secret: Option<&[u8]>,
+    ) -> Result<Arc<KeyRecord>, OpError> {
         validate_key_name(&spec.name).map_err(OpError::bad)?;
         let validity_days = spec.validity_days.unwrap_or(self.policy.validity_days);
         let pre_expire_days = spec.pre_expire_days.unwrap_or(self.policy.pre_expire_days);
@@ -97,17 +118,6 @@ impl KeyManager {
             _ => {}
         }
         let mut store = self.lock_store();
-        self.insert_new(&mut store, spec, validity_days, pre_expire_days)
-    }
-
-    /// Creates and records version 1 of a new key under the registry lock.
-    fn insert_new(
-        &self,
-        store: &mut Store,
-        spec: &CreateSpec,
-        validity_days: u32,
-        pre_expire_days: u32,
-    ) -> Result<Arc<KeyRecord>, OpError> {
         if store.exists(&spec.name)? {
             return Err(OpError::new(
                 ErrorCode::AlreadyExists,
@@ -124,7 +134,7 @@ impl KeyManager {
             pre_expire_days,
             versions: Vec::new(),
         };
-        let v = self.new_version(&rec, 1)?;
+        let v = self.new_version(&rec, 1, secret)?;
         rec.versions.push(v);
         if let Err(e) = store.insert_key(&rec) {
             self.discard(&rec, &rec.versions[0]);
@@ -160,7 +170,7 @@ impl KeyManager {
             )));
         }
         let next = rec.next_version();
-        let v = self.new_version(&rec, next)?;
+        let v = self.new_version(&rec, next, None)?;
         if let Err(e) = store.rotate(name, &v) {
             self.discard(&rec, &v);
             return Err(e.into());
@@ -288,7 +298,13 @@ impl KeyManager {
         ))
     }
 
-    fn new_version(&self, rec: &KeyRecord, version: u32) -> Result<VersionRecord, OpError> {
+    /// Makes version `version` of `rec` in its backend: generated, or from `secret` when given.
+    fn new_version(
+        &self,
+        rec: &KeyRecord,
+        version: u32,
+        secret: Option<&[u8]>,
+    ) -> Result<VersionRecord, OpError> {
         let created = now();
         let not_after = created + i64::from(rec.validity_days) * 86_400;
         let master = rec
@@ -297,13 +313,18 @@ impl KeyManager {
             .map(|m| self.master_for_new(m))
             .transpose()?;
         let aad = software::aad(&rec.name, version, rec.kind);
-        let c = self.backend(rec.backend)?.create(&NewKey {
+        let new = NewKey {
             name: &rec.name,
             version,
             kind: rec.kind,
             template: rec.template,
             master: master.as_ref().map(|(_, m)| (m, &aad[..])),
-        })?;
+        };
+        let backend = self.backend(rec.backend)?;
+        let c = match secret {
+            None => backend.create(&new)?,
+            Some(s) => backend.import(&new, s)?,
+        };
         if let Some(p) = &c.public {
             if let Err(e) = check_public(p) {
                 if rec.template != Template::Mosip {

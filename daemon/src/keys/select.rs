@@ -87,6 +87,22 @@ impl KeyVersion {
             .decrypt_oaep(&self.key_ref(), ciphertext, label)
     }
 
+    /// Pure Ed25519 signature of `data` (an `ed25519` key).
+    pub fn sign_ed25519(&self, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.backend.sign_ed25519(&self.key_ref(), data)
+    }
+
+    /// Opens a `nacl.box` addressed to this `x25519` key.
+    pub fn box_open(
+        &self,
+        encryptor: &[u8; 32],
+        nonce: &[u8; 24],
+        boxed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        self.backend
+            .box_open(&self.key_ref(), encryptor, nonce, boxed)
+    }
+
     /// The secret of a software key, for one operation.
     pub fn secret(&self) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.backend.secret(&self.key_ref())

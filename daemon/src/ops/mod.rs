@@ -5,6 +5,7 @@
 
 mod admin;
 mod basic;
+mod boxes;
 mod certs;
 mod decrypt;
 mod envelope;

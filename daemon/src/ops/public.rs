@@ -6,6 +6,7 @@ use custody_proto::ops::{KeysPublic, PublicKeyArgs, PublicKeyResult};
 use custody_proto::ErrorCode;
 
 use super::{Ctx, Handle};
+use crate::backend::KeyKind;
 use crate::error::OpError;
 use crate::format::thumbprint::key_index;
 use crate::keys::VersionRecord;
@@ -52,9 +53,30 @@ impl Handle for KeysPublic {
             ));
         };
         let format = a.format.as_deref().unwrap_or("der");
+        let raw = || {
+            crate::format::okp::raw_from_spki(rec.kind, der).ok_or_else(|| {
+                OpError::new(
+                    ErrorCode::WrongKind,
+                    format!(
+                        "`{}` is {}: only x25519 and ed25519 keys have a raw form",
+                        rec.name, rec.kind
+                    ),
+                )
+            })
+        };
         let data = match format {
             "der" => der.clone(),
             "pem" => pem(der).into_bytes(),
+            "raw" => raw()?.to_vec(),
+            // The form the key is usually written in: idOS stores X25519 keys as standard
+            // base64 and issuer Ed25519 keys as hex; RSA keys are PEM.
+            "text" => match rec.kind {
+                KeyKind::X25519 => base64::engine::general_purpose::STANDARD
+                    .encode(raw()?)
+                    .into_bytes(),
+                KeyKind::Ed25519 => hex::encode(raw()?).into_bytes(),
+                _ => pem(der).into_bytes(),
+            },
             "tpmt" => v.public_tpmt.clone().ok_or_else(|| {
                 OpError::new(
                     ErrorCode::WrongKind,
@@ -63,7 +85,7 @@ impl Handle for KeysPublic {
             })?,
             o => {
                 return Err(OpError::bad(format!(
-                    "unknown format `{}` (der, pem, tpmt)",
+                    "unknown format `{}` (der, pem, tpmt, raw, text)",
                     o.escape_default()
                 )))
             }

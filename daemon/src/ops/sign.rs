@@ -1,4 +1,5 @@
-//! `sign`, `sign.batch`, `sign.jwt`: RSA signatures with the current version of a signing key.
+//! `sign`, `sign.batch`, `sign.jwt`: signatures with the current version of a signing key (RSA;
+//! `sign` also pure Ed25519).
 
 use custody_proto::ops::{
     BatchItem, Op, Sign, SignArgs, SignBatch, SignBatchArgs, SignBatchResult, SignJwt, SignJwtArgs,
@@ -27,8 +28,46 @@ fn digest32(d: &[u8]) -> Result<[u8; 32], OpError> {
     })
 }
 
+/// `sign` with an `ed25519` key: pure Ed25519 over `data` (no prehash, no scheme).
+async fn sign_ed25519(ctx: &mut Ctx, a: SignArgs) -> Result<SignResult, OpError> {
+    if a.digest.is_some() || a.scheme.is_some() {
+        return Err(OpError::bad(
+            "an ed25519 key signs `data` itself (pure Ed25519): `digest` and `scheme` are not \
+             accepted",
+        ));
+    }
+    let data = a
+        .data
+        .ok_or_else(|| OpError::bad("an ed25519 key signs `data`: give it"))?;
+    let key = a.key;
+    let (key, version, signature) = ctx
+        .blocking(move |app| {
+            let k = app
+                .keys
+                .resolve(&key, KeyKind::Ed25519, Sign::NAME, Selector::Current)?;
+            let sig = k.sign_ed25519(&data)?;
+            Ok((key, k.number(), sig))
+        })
+        .await?;
+    ctx.version = Some(version);
+    Ok(SignResult {
+        key,
+        version,
+        signature,
+    })
+}
+
 impl Handle for Sign {
+    /// RSA keys sign a SHA-256 digest (of `data`, or given); `ed25519` keys sign `data`.
     async fn handle(ctx: &mut Ctx, a: SignArgs) -> Result<SignResult, OpError> {
+        if ctx
+            .app
+            .keys
+            .get(&a.key)
+            .is_ok_and(|r| r.kind == KeyKind::Ed25519)
+        {
+            return sign_ed25519(ctx, a).await;
+        }
         let scheme = scheme(a.scheme.as_deref())?;
         let digest = match (&a.data, &a.digest) {
             (Some(d), None) => <[u8; 32]>::from(Sha256::digest(d)),

@@ -7,6 +7,7 @@
 //! in [`for_each_op!`](crate::for_each_op), so an op's name and its types cannot disagree.
 
 mod basic;
+mod boxes;
 mod certs;
 mod decrypt;
 mod envelope;
@@ -14,6 +15,7 @@ mod keys;
 mod sign;
 
 pub use basic::*;
+pub use boxes::*;
 pub use certs::*;
 pub use decrypt::*;
 pub use envelope::*;
@@ -157,6 +159,33 @@ macro_rules! for_each_op {
                             None => Access::on(names::REWRAP_EXTERNAL, &a.key),
                         },
                     ])
+                });
+            (BoxSeal, box_seal, BOX_SEAL, "box.seal", BoxSealArgs, BoxSealResult,
+                |_a| Ok(vec![Access::keyless(BoxSeal::NAME)]));
+            (BoxOpen, box_open, BOX_OPEN, "box.open", BoxOpenArgs, PlaintextResult,
+                |a| Ok(vec![Access::on(BoxOpen::NAME, &a.key)]));
+            // A right of its own, separate from `box.open`: a grant service re-encrypts without
+            // the plaintext ever reaching it.
+            (BoxReencrypt, box_reencrypt, BOX_REENCRYPT, "box.reencrypt", BoxReencryptArgs,
+                BoxReencryptResult,
+                |a| Ok(vec![Access::on(BoxReencrypt::NAME, &a.key)]));
+            (BoxReencryptBatch, box_reencrypt_batch, BOX_REENCRYPT_BATCH, "box.reencrypt.batch",
+                BoxReencryptBatchArgs, BoxReencryptBatchResult,
+                |a| Ok(vec![Access::on(BoxReencryptBatch::NAME, &a.key)]));
+            (BoxDerive, box_derive, BOX_DERIVE, "box.derive", BoxDeriveArgs, BoxDeriveResult,
+                // Keeping the secret creates a key wrapped under a master: the rights of
+                // `keys.create` on both.
+                |a| {
+                    if a.import.is_some() != a.master.is_some() {
+                        return Err(WireError::new(
+                            ErrorCode::BadRequest,
+                            "`import` and `master` go together",
+                        ));
+                    }
+                    Ok(std::iter::once(Access::keyless(BoxDerive::NAME))
+                        .chain(a.import.as_deref().map(|k| Access::on(KeysCreate::NAME, k)))
+                        .chain(a.master.as_deref().map(|m| Access::on(KeysCreate::NAME, m)))
+                        .collect())
                 });
         }
     };

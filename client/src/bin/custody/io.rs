@@ -76,6 +76,36 @@ pub fn b64url(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
+/// Standard base64 with padding (idOS's storage encoding).
+pub fn b64std(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// A base64 command-line argument (standard or url alphabet, padding optional); `what` names it
+/// in the error.
+pub fn b64_arg(s: &str, what: &str) -> Result<Vec<u8>, Failure> {
+    b64_decode(s.as_bytes()).map_err(|_| Failure::Usage(format!("{what}: not base64")))
+}
+
+/// Reads an input that is either base64 text (idOS's storage encoding, surrounding whitespace
+/// allowed) or the raw bytes: text that decodes as base64 is decoded, anything else is taken as
+/// raw.
+pub fn read_b64_or_raw(path: &Path) -> Result<Vec<u8>, Failure> {
+    let raw = read_input(path)?;
+    let texty = !raw.is_empty()
+        && raw.iter().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=')
+                || b.is_ascii_whitespace()
+        });
+    if texty {
+        if let Ok(d) = b64_decode(&raw) {
+            return Ok(d);
+        }
+    }
+    Ok(raw)
+}
+
 /// Decodes base64url or standard base64, with or without padding, ignoring whitespace.
 fn b64_decode(text: &[u8]) -> Result<Vec<u8>, Failure> {
     let t: String = String::from_utf8_lossy(text)

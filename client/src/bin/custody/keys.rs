@@ -21,7 +21,7 @@ pub enum Cmd {
     Create {
         /// Key name: 1–64 of A-Z a-z 0-9 . _ -
         name: String,
-        /// rsa2048-sign, rsa2048-oaep or aes256.
+        /// rsa2048-sign, rsa2048-oaep, aes256, x25519 (software) or ed25519 (pkcs11, software).
         #[arg(long)]
         kind: String,
         /// tpm, pkcs11 or software (`wrapped` is the old name of software).
@@ -72,8 +72,10 @@ pub enum Cmd {
     Public {
         /// Key name.
         name: String,
-        /// pem, der, or tpmt (TPM keys: marshalled TPMT_PUBLIC).
-        #[arg(long, value_parser = ["pem", "der", "tpmt"], default_value = "pem")]
+        /// text (RSA: PEM; x25519: standard base64 of the 32 bytes, as idOS stores it;
+        /// ed25519: hex of the 32 bytes, idOS's issuer_auth_public_key), pem, der, raw (the 32
+        /// bytes of an x25519/ed25519 key) or tpmt (TPM keys: marshalled TPMT_PUBLIC).
+        #[arg(long, value_parser = ["text", "pem", "der", "raw", "tpmt"], default_value = "text")]
         format: String,
         /// Version (default: current).
         #[arg(long)]
@@ -138,7 +140,7 @@ pub fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
                 format: Some(format),
             })?;
             if json {
-                let data = if r.format == "pem" {
+                let data = if r.format == "pem" || r.format == "text" {
                     String::from_utf8_lossy(&r.data).into_owned()
                 } else {
                     b64url(&r.data)
@@ -155,6 +157,10 @@ pub fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
                     }))
                     .unwrap_or_default()
                 );
+            } else if r.format == "text" && !r.data.ends_with(b"\n") {
+                let mut line = r.data;
+                line.push(b'\n');
+                write_output(&output, &line)?;
             } else {
                 write_output(&output, &r.data)?;
             }

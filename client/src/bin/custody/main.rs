@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod basic;
+mod box_;
 mod certs;
 mod decrypt;
 mod envelope;
@@ -57,6 +58,9 @@ enum Cmd {
     Decrypt(decrypt::Cmd),
     #[command(flatten)]
     Envelope(envelope::Cmd),
+    /// idOS nacl.box: seal, open, reencrypt (access grants), derive (password keys).
+    #[command(subcommand, name = "box")]
+    Box(box_::Cmd),
 }
 
 /// Why a command failed.
@@ -121,6 +125,7 @@ fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
         Cmd::Sign(cmd) => sign::run(c, json, cmd),
         Cmd::Decrypt(cmd) => decrypt::run(c, json, cmd),
         Cmd::Envelope(cmd) => envelope::run(c, json, cmd),
+        Cmd::Box(cmd) => box_::run(c, json, cmd),
     }
 }
 

@@ -12,18 +12,19 @@ use crate::{Failure, Out};
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Sign data (the daemon hashes it with SHA-256) or a 32-byte digest; writes the raw signature.
+    /// Sign data (RSA: the daemon hashes it with SHA-256, or a 32-byte digest; ed25519: pure
+    /// Ed25519 over the data); writes the raw signature.
     Sign {
-        /// Key name (rsa2048-sign).
+        /// Key name (rsa2048-sign or ed25519).
         name: String,
         #[command(flatten)]
         io: Io,
         /// The input is a 32-byte SHA-256 digest, signed as is.
         #[arg(long)]
         prehashed: bool,
-        /// Signature scheme.
-        #[arg(long, value_parser = ["pkcs1v15", "pss"], default_value = "pkcs1v15")]
-        scheme: String,
+        /// RSA signature scheme [default: pkcs1v15]; not for ed25519 keys.
+        #[arg(long, value_parser = ["pkcs1v15", "pss"])]
+        scheme: Option<String>,
     },
     /// Sign a JWT payload (a JSON object) as compact JWS RS256 with `kid` = the key index.
     SignJwt {
@@ -46,7 +47,7 @@ pub fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
             let input = read_input(&io.input)?;
             let mut args = SignArgs {
                 key: name,
-                scheme: Some(scheme),
+                scheme,
                 ..Default::default()
             };
             if prehashed {

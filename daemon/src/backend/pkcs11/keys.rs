@@ -63,6 +63,10 @@ pub(crate) enum Role {
     Public,
     /// AES secret key with `CKA_ENCRYPT`/`CKA_DECRYPT`.
     Secret,
+    /// Ed25519 (`CKK_EC_EDWARDS`) private key with `CKA_SIGN`.
+    EdSign,
+    /// Ed25519 public key.
+    EdPublic,
 }
 
 impl Role {
@@ -88,8 +92,22 @@ impl Role {
                 Attribute::KeyType(KeyType::AES),
                 Attribute::Encrypt(true),
             ]),
+            Role::EdSign => t.extend([
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::EC_EDWARDS),
+                Attribute::Sign(true),
+            ]),
+            Role::EdPublic => t.extend([
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::EC_EDWARDS),
+            ]),
         }
         t
+    }
+
+    /// True for the RSA roles (whose modulus length is cached).
+    fn is_rsa(self) -> bool {
+        matches!(self, Role::Sign | Role::Decrypt | Role::Public)
     }
 
     fn describe(self) -> &'static str {
@@ -98,6 +116,8 @@ impl Role {
             Role::Decrypt => "an rsa2048-oaep",
             Role::Public => "an RSA",
             Role::Secret => "an aes256",
+            Role::EdSign => "an ed25519",
+            Role::EdPublic => "an Ed25519 public",
         }
     }
 }
@@ -185,9 +205,10 @@ fn find(s: &Session, id: &KeyId, role: Role) -> Result<Cached, OpError> {
             ))))
         }
     };
-    let modulus_len = match role {
-        Role::Secret => 0,
-        _ => read_modulus(s, handle)?.len(),
+    let modulus_len = if role.is_rsa() {
+        read_modulus(s, handle)?.len()
+    } else {
+        0
     };
     Ok(Cached {
         handle,
@@ -254,6 +275,39 @@ pub(crate) fn read_public(s: &Session, handle: ObjectHandle) -> Result<PublicKey
     })
 }
 
+/// DER of `id-Ed25519` (1.3.101.112), the `CKA_EC_PARAMS` of an Ed25519 key (PKCS#11 3.0
+/// §2.3.5 accepts the OID for curves of RFC 8410).
+const ED25519_EC_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+
+/// Reads an Ed25519 public key object (`CKA_EC_POINT`: the 32-byte key, DER OCTET STRING
+/// wrapped as SoftHSM writes it, or bare) into a DER SubjectPublicKeyInfo.
+pub(crate) fn read_ed25519_public(
+    s: &Session,
+    handle: ObjectHandle,
+) -> Result<PublicKeyInfo, OpError> {
+    let attrs = s.get_attributes(handle, &[AttributeType::EcPoint])?;
+    let point = attrs.into_iter().find_map(|a| match a {
+        Attribute::EcPoint(p) => Some(p),
+        _ => None,
+    });
+    let unreadable = |m: &str| OpError::Backend(BackendError::Unavailable(m.to_owned()));
+    let point = point.ok_or_else(|| unreadable("Ed25519 public key lacks CKA_EC_POINT"))?;
+    let raw: [u8; 32] = match point.as_slice() {
+        [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest.try_into(),
+        raw => raw.try_into(),
+    }
+    .map_err(|_| unreadable("token returned an Ed25519 CKA_EC_POINT that is not 32 bytes"))?;
+    let spki_der = crate::format::okp::spki_der(KeyKind::Ed25519, &raw).ok_or_else(|| {
+        OpError::Backend(BackendError::Internal(
+            "cannot encode an Ed25519 SPKI".into(),
+        ))
+    })?;
+    Ok(PublicKeyInfo {
+        spki_der,
+        tpmt: None,
+    })
+}
+
 /// Objects created for a new key version.
 pub(crate) struct Generated {
     /// Private key (RSA) or secret key (AES).
@@ -309,6 +363,25 @@ pub(crate) fn generate(
                 public: Some(pub_h),
             })
         }
+        KeyKind::Ed25519 => {
+            let mut public = common(false);
+            public.extend([
+                Attribute::EcParams(ED25519_EC_PARAMS.to_vec()),
+                Attribute::Verify(true),
+            ]);
+            let mut private = common(true);
+            private.extend(protected);
+            private.extend([Attribute::Sign(true)]);
+            let (pub_h, priv_h) =
+                s.generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private)?;
+            Ok(Generated {
+                private: priv_h,
+                public: Some(pub_h),
+            })
+        }
+        KeyKind::X25519 => Err(OpError::Backend(BackendError::Unsupported(
+            "x25519 keys are held by the software backend, not pkcs11".into(),
+        ))),
         KeyKind::Aes256 => {
             let mut t = common(true);
             t.extend(protected);
@@ -346,6 +419,16 @@ pub(crate) fn read_back(
     let Some(h) = g.public else {
         return Ok(None);
     };
+    if kind == KeyKind::Ed25519 {
+        return match read_ed25519_public(s, h) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) if e.is_broken() => Err(e),
+            Err(e) => {
+                let _ = discard_generated(s, id, g);
+                Err(e)
+            }
+        };
+    }
     let checked = read_public(s, h).and_then(|p| {
         let bits = RsaPublicKey::from_public_key_der(&p.spki_der).map_or(0, |k| k.n().bits());
         if bits == 2048 {

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
@@ -205,14 +206,23 @@ impl Backend for Pkcs11Backend {
         let (generated, public) = self.run(|s| {
             let g = keys::generate(s, spec.kind, &id, &label)?;
             let public = keys::read_back(s, spec.kind, &id, &g)?;
-            let modulus_len = public.as_ref().map_or(0, |_| 256);
+            let modulus_len = match spec.kind {
+                KeyKind::Rsa2048Sign | KeyKind::Rsa2048Oaep => 256,
+                _ => 0,
+            };
             Ok(((g, modulus_len), public))
         })?;
         let (g, modulus_len) = generated;
-        let private_role = match spec.kind {
-            KeyKind::Rsa2048Sign => Role::Sign,
-            KeyKind::Rsa2048Oaep => Role::Decrypt,
-            KeyKind::Aes256 => Role::Secret,
+        let (private_role, public_role) = match spec.kind {
+            KeyKind::Rsa2048Sign => (Role::Sign, Role::Public),
+            KeyKind::Rsa2048Oaep => (Role::Decrypt, Role::Public),
+            KeyKind::Aes256 => (Role::Secret, Role::Public),
+            KeyKind::Ed25519 => (Role::EdSign, Role::EdPublic),
+            KeyKind::X25519 => {
+                return Err(BackendError::Unsupported(
+                    "x25519 keys are held by the software backend, not pkcs11".into(),
+                ))
+            }
         };
         self.keys.insert(
             id,
@@ -225,7 +235,7 @@ impl Backend for Pkcs11Backend {
         if let Some(h) = g.public {
             self.keys.insert(
                 id,
-                Role::Public,
+                public_role,
                 Cached {
                     handle: h,
                     modulus_len,
@@ -251,7 +261,22 @@ impl Backend for Pkcs11Backend {
                 "{kind} keys have no public key"
             )));
         }
+        if kind == KeyKind::Ed25519 {
+            return self.with_key(key, Role::EdPublic, |s, k| {
+                keys::read_ed25519_public(s, k.handle)
+            });
+        }
         self.with_key(key, Role::Public, |s, k| keys::read_public(s, k.handle))
+    }
+
+    fn sign_ed25519(&self, key: &KeyRef<'_>, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.with_key(key, Role::EdSign, |s, k| {
+            Ok(s.sign(
+                &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                k.handle,
+                data,
+            )?)
+        })
     }
 
     fn sign(

@@ -108,10 +108,10 @@ impl Worker {
         persistent_base: u32,
     ) -> Result<CreatedKey, BackendError> {
         let child_template = match kind {
-            KeyKind::Aes256 => {
-                return Err(BackendError::Unsupported(
-                    "the TPM backend holds RSA keys only (no aes256)".into(),
-                ))
+            KeyKind::Aes256 | KeyKind::X25519 | KeyKind::Ed25519 => {
+                return Err(BackendError::Unsupported(format!(
+                    "the TPM backend holds RSA keys only (no {kind})"
+                )))
             }
             KeyKind::Rsa2048Sign => templates::default_sign,
             KeyKind::Rsa2048Oaep => templates::default_oaep,
