@@ -33,7 +33,8 @@ pub fn toml_str(s: &str) -> String {
 
 /// Builds and starts a [`Daemon`] in a fresh temporary directory.
 ///
-/// The config always has `[server] socket = DIR/custodyd.sock`, `[storage] path = DIR/keys.db`
+/// The config always has `[server] socket = DIR/custodyd.sock` and `allow_root = true` (unless
+/// [`DaemonBuilder::server`] sets `allow_root` itself), `[storage] path = DIR/keys.db`
 /// and `[audit] file = DIR/audit.log`; lines given to [`DaemonBuilder::server`] are added to
 /// `[server]`, [`DaemonBuilder::roles`] replaces [`DEFAULT_ROLES`], and
 /// [`DaemonBuilder::extra`] is appended verbatim (e.g. `[keys]` or `[[keys.declare]]`).
@@ -145,6 +146,10 @@ impl DaemonBuilder {
             "socket = {}\n",
             toml_str(&socket.to_string_lossy())
         ));
+        // The tests run as root; production refuses that (`server.allow_root`).
+        if !self.server.iter().any(|l| l.trim_start().starts_with("allow_root")) {
+            cfg.push_str("allow_root = true\n");
+        }
         for l in &self.server {
             cfg.push_str(l);
             cfg.push('\n');

@@ -4,6 +4,7 @@ use custody_proto::ops::{Decrypt, DecryptArgs, Op, PlaintextResult, Unwrap, Unwr
 
 use super::keyuse::oaep_decrypt;
 use super::{plaintext_result, Ctx, Handle};
+use zeroize::Zeroize;
 use crate::backend::KeyKind;
 use crate::error::OpError;
 use crate::keys::Selector;
@@ -26,6 +27,10 @@ impl Handle for Decrypt {
             })
             .await?;
         plaintext_result(ctx, a.key, version, &plaintext)
+    }
+
+    fn scrub(r: &mut PlaintextResult) {
+        r.plaintext.zeroize();
     }
 }
 
@@ -60,5 +65,9 @@ impl Handle for Unwrap {
             })
             .await?;
         plaintext_result(ctx, a.key, version, &plaintext)
+    }
+
+    fn scrub(r: &mut PlaintextResult) {
+        r.plaintext.zeroize();
     }
 }

@@ -6,12 +6,14 @@
 //! The daemon's dispatch table and the client's typed methods are generated from the single list
 //! in [`for_each_op!`](crate::for_each_op), so an op's name and its types cannot disagree.
 
+mod admin;
 mod basic;
 mod decrypt;
 mod envelope;
 mod keys;
 mod sign;
 
+pub use admin::*;
 pub use basic::*;
 pub use decrypt::*;
 pub use envelope::*;
@@ -103,6 +105,8 @@ macro_rules! for_each_op {
                 |a| Ok(vec![Access::on(KeysDestroy::NAME, &a.name)]));
             (KeysPublic, keys_public, KEYS_PUBLIC, "keys.public", PublicKeyArgs, PublicKeyResult,
                 |a| Ok(vec![Access::on(KeysPublic::NAME, &a.name)]));
+            (AdminBackup, admin_backup, ADMIN_BACKUP, "admin.backup", BackupArgs, BackupResult,
+                |_a| Ok(vec![Access::keyless(AdminBackup::NAME)]));
             (Sign, sign, SIGN, "sign", SignArgs, SignResult,
                 |a| Ok(vec![Access::on(Sign::NAME, &a.key)]));
             (SignBatch, sign_batch, SIGN_BATCH, "sign.batch", SignBatchArgs, SignBatchResult,
