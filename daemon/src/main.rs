@@ -65,8 +65,9 @@ fn main() -> ExitCode {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: not in the journal or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    setup::harden_process();
     if let Err(e) = setup::check_file_trusted(&config_path, "config file") {
         eprintln!("custodyd: config error: {e}");
         return ExitCode::from(2);
@@ -85,6 +86,8 @@ fn main() -> ExitCode {
     if let Some(file) = &args.restore {
         return restore(file, &cfg.storage.path);
     }
+    // Before anything secret (the PIN, the backends) is read.
+    setup::harden_process();
     if let Err(e) = setup::check_user(&cfg, &config_path) {
         eprintln!("custodyd: {e}");
         return ExitCode::from(2);
