@@ -14,8 +14,8 @@ use custody_daemon::backend::{Backend, BackendKind, KeyKind, Template};
 use custody_daemon::config::KeyPolicy;
 use custody_daemon::keys::{CreateSpec, KeyManager, MasterRef, Selector, VersionState};
 use custody_proto::ErrorCode;
-use pkcs11_support::config;
 use custody_testkit::Hsm;
+use pkcs11_support::config;
 
 fn spec(name: &str, kind: KeyKind, backend: BackendKind, master: Option<&str>) -> CreateSpec {
     CreateSpec {
@@ -64,8 +64,7 @@ fn registry_versions_and_software_keys_on_softhsm() {
     std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
     let pin = hsm.pin();
     let backend: Arc<dyn Backend> = Arc::new(
-        Pkcs11Backend::start(config("custody", &pin, 4, OaepMode::Auto))
-        .expect("backend"),
+        Pkcs11Backend::start(config("custody", &pin, 4, OaepMode::Auto)).expect("backend"),
     );
     let db = dir.path().join("registry.db");
     let open = || {

@@ -87,8 +87,7 @@ fn schema_0_registry_is_migrated_and_its_secrets_bound() {
     std::env::set_var("SOFTHSM2_CONF", &conf);
     let pin = std::fs::read_to_string(dir.path().join("user.pin")).expect("pin");
     let hsm: Arc<dyn Backend> = Arc::new(
-        Pkcs11Backend::start(config("custody", &pin, 4, OaepMode::Auto))
-        .expect("backend"),
+        Pkcs11Backend::start(config("custody", &pin, 4, OaepMode::Auto)).expect("backend"),
     );
     let db = dir.path().join("registry.db");
 

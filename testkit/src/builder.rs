@@ -7,8 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use crate::daemon::{Daemon, READY_TIMEOUT};
 use crate::hsm::Hsm;
 use crate::process::custodyd_bin;
-use crate::system::{chown_tree, ensure_system_user};
 use crate::swtpm::Swtpm;
+use crate::system::{chown_tree, ensure_system_user};
 
 /// Roles used when the builder is not given any: root (uid 0) may do everything on every key.
 pub const DEFAULT_ROLES: &str = r#"[[roles]]
@@ -162,7 +162,10 @@ impl DaemonBuilder {
         ));
         // The tests run as root; production refuses that (`server.allow_root`).
         if self.run_as.is_none()
-            && !self.server.iter().any(|l| l.trim_start().starts_with("allow_root"))
+            && !self
+                .server
+                .iter()
+                .any(|l| l.trim_start().starts_with("allow_root"))
         {
             cfg.push_str("allow_root = true\n");
         }

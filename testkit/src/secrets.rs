@@ -71,20 +71,18 @@ mod tests {
             buf.extend_from_slice(b"tail");
             let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf);
             let places = [("log", format!("line {encoded} end").into_bytes())];
-            let r = std::panic::catch_unwind(|| {
-                assert_no_secrets(&places, &[("s", secret.to_vec())])
-            });
+            let r =
+                std::panic::catch_unwind(|| assert_no_secrets(&places, &[("s", secret.to_vec())]));
             assert!(r.is_err(), "base64 at offset {prefix} not found");
         }
         let places = [(
             "log",
             format!("x {} y", hex::encode_upper(secret)).into_bytes(),
         )];
-        assert!(std::panic::catch_unwind(|| assert_no_secrets(
-            &places,
-            &[("s", secret.to_vec())]
-        ))
-        .is_err());
+        assert!(
+            std::panic::catch_unwind(|| assert_no_secrets(&places, &[("s", secret.to_vec())]))
+                .is_err()
+        );
         assert_no_secrets(
             &[("log", b"nothing here".to_vec())],
             &[("s", secret.to_vec())],

@@ -34,7 +34,8 @@ fn backup(d: &Daemon, name: &str) -> (std::path::PathBuf, Json) {
     let j = cli_json(d, &["admin", "backup", "--out", path_str(&f)]);
     assert_eq!(j["bytes"].as_u64().unwrap(), read(&f).len() as u64, "{j}");
     assert_eq!(hex::encode(sha256(&read(&f))), j["sha256"], "{j}");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&f).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&f).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "backup file mode");
     (f, j)
 }
@@ -48,7 +49,14 @@ fn backups_taken_during_signing_and_rotations_restore_every_key_and_version() {
     cli_json(
         &d,
         &[
-            "keys", "create", "bk-soft", "--kind", "aes256", "--backend", "software", "--master",
+            "keys",
+            "create",
+            "bk-soft",
+            "--kind",
+            "aes256",
+            "--backend",
+            "software",
+            "--master",
             "bk-master",
         ],
     );
@@ -96,7 +104,10 @@ fn backups_taken_during_signing_and_rotations_restore_every_key_and_version() {
         stop.store(true, Ordering::Relaxed);
         let signed: u32 = workers.into_iter().map(|w| w.join().unwrap()).sum();
         let rotated = rotator.join().unwrap();
-        assert!(signed > 0 && rotated > 0, "signed {signed}, rotated {rotated}");
+        assert!(
+            signed > 0 && rotated > 0,
+            "signed {signed}, rotated {rotated}"
+        );
     });
 
     // A backup at rest, compared with the live registry; then changes the restore must undo.
@@ -129,7 +140,11 @@ fn backups_taken_during_signing_and_rotations_restore_every_key_and_version() {
         "{text}"
     );
     d.restart();
-    assert_eq!(inventory(&d), before, "the restored registry is the backup's");
+    assert_eq!(
+        inventory(&d),
+        before,
+        "the restored registry is the backup's"
+    );
     // Every version of the restored keys works against the HSM objects it names.
     let (_, enc_versions) = before.iter().find(|(n, _)| n == "bk-enc").unwrap();
     for (v, _) in enc_versions {
@@ -143,7 +158,14 @@ fn backups_taken_during_signing_and_rotations_restore_every_key_and_version() {
         let vs = v.to_string();
         let out = cli_ok(
             &d,
-            &["unwrap", "bk-enc", "--version", &vs, "--in", path_str(&wrapped)],
+            &[
+                "unwrap",
+                "bk-enc",
+                "--version",
+                &vs,
+                "--in",
+                path_str(&wrapped),
+            ],
         );
         assert_eq!(out.stdout, data_key, "bk-enc v{v}");
     }
@@ -151,7 +173,14 @@ fn backups_taken_during_signing_and_rotations_restore_every_key_and_version() {
     let sig = file(&d, "data.sig");
     cli_ok(
         &d,
-        &["sign", "bk-sign", "--in", path_str(&data), "--out", path_str(&sig)],
+        &[
+            "sign",
+            "bk-sign",
+            "--in",
+            path_str(&data),
+            "--out",
+            path_str(&sig),
+        ],
     );
     let (_, sign_versions) = before.iter().find(|(n, _)| n == "bk-sign").unwrap();
     let cur = sign_versions.iter().find(|(_, s)| s == "active").unwrap().0 as u32;
@@ -221,6 +250,10 @@ fn a_damaged_backup_is_refused_with_a_clear_message_and_changes_nothing() {
         );
     }
     d.restart();
-    assert_eq!(inventory(&d), before, "a refused restore changed the registry");
+    assert_eq!(
+        inventory(&d),
+        before,
+        "a refused restore changed the registry"
+    );
     assert_eq!(d.terminate().code(), Some(0));
 }

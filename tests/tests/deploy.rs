@@ -79,7 +79,10 @@ fn package_has_the_layout_lints_clean_and_its_units_verify_and_score_ok() {
         );
     }
     let conffiles = stdout(&run_ok(
-        Command::new("dpkg-deb").arg("-I").arg(&deb).arg("conffiles"),
+        Command::new("dpkg-deb")
+            .arg("-I")
+            .arg(&deb)
+            .arg("conffiles"),
     ));
     assert_eq!(conffiles.trim(), "/etc/custodyd/custodyd.toml");
     let postinst = stdout(&run_ok(
@@ -120,7 +123,10 @@ fn package_has_the_layout_lints_clean_and_its_units_verify_and_score_ok() {
     let report = stdout(&security);
     let score: f64 = report
         .lines()
-        .find_map(|l| l.split("Overall exposure level for custodyd.service:").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for custodyd.service:")
+                .nth(1)
+        })
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{report}{}", stderr(&security)));
@@ -186,7 +192,10 @@ fn unprivileged_daemon_under_the_units_restrictions_runs_the_core_suite() {
     let log = d.stderr();
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
     if memlock_unlimited() {
-        assert!(locked > 0, "memory not locked with LimitMEMLOCK=infinity:\n{log}");
+        assert!(
+            locked > 0,
+            "memory not locked with LimitMEMLOCK=infinity:\n{log}"
+        );
         assert!(warnings.is_empty(), "warnings at start:\n{log}");
     } else {
         // This machine cannot give the daemon an unlimited RLIMIT_MEMLOCK (no CAP_SYS_RESOURCE
@@ -260,9 +269,16 @@ fn unprivileged_daemon_under_the_units_restrictions_runs_the_core_suite() {
             path_str(&env2),
         ],
     );
-    assert_eq!(read(&env2)[6..38], thumb(&d, "ida-partner", 2), "sealed to v2");
+    assert_eq!(
+        read(&env2)[6..38],
+        thumb(&d, "ida-partner", 2),
+        "sealed to v2"
+    );
     for env in [&env1, &env2] {
-        let out = cli_ok(&d, &["envelope", "open", "ida-partner", "--in", path_str(env)]);
+        let out = cli_ok(
+            &d,
+            &["envelope", "open", "ida-partner", "--in", path_str(env)],
+        );
         assert_eq!(out.stdout, plaintext);
     }
     let out = cli_ok(
@@ -289,7 +305,10 @@ fn unprivileged_daemon_under_the_units_restrictions_runs_the_core_suite() {
     }
     // A restart as the same user finds everything again.
     d.restart();
-    let out = cli_ok(&d, &["envelope", "open", "ida-partner", "--in", path_str(&env1)]);
+    let out = cli_ok(
+        &d,
+        &["envelope", "open", "ida-partner", "--in", path_str(&env1)],
+    );
     assert_eq!(out.stdout, plaintext);
     assert_eq!(d.terminate().code(), Some(0));
 }

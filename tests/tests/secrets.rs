@@ -9,12 +9,21 @@ use custody_testkit::*;
 
 /// A MOSIP `VER_R2` envelope made here, with a data key the test knows, to the current version
 /// of `key` (PROTOCOL.md §5.19).
-fn envelope_with_known_key(d: &Daemon, key: &str, version: u32, data_key: &[u8], pt: &[u8]) -> Vec<u8> {
+fn envelope_with_known_key(
+    d: &Daemon,
+    key: &str,
+    version: u32,
+    data_key: &[u8],
+    pt: &[u8],
+) -> Vec<u8> {
     let wrapped = openssl_oaep_encrypt(&pem(d, key, version), data_key, "sha256", None);
     let aad = random(32);
     let sealed = Aes256Gcm::new_from_slice(data_key)
         .unwrap()
-        .encrypt(Nonce::from_slice(&aad[..12]), Payload { msg: pt, aad: &aad })
+        .encrypt(
+            Nonce::from_slice(&aad[..12]),
+            Payload { msg: pt, aad: &aad },
+        )
         .unwrap();
     [
         b"VER_R2".as_slice(),
@@ -55,13 +64,25 @@ fn no_secret_reaches_the_log_the_audit_or_the_cli_at_trace_level() {
     let sig = file(&d, "packet.sig");
     cli_ok(
         &d,
-        &["sign", "machine-sign", "--in", path_str(&packet), "--out", path_str(&sig)],
+        &[
+            "sign",
+            "machine-sign",
+            "--in",
+            path_str(&packet),
+            "--out",
+            path_str(&sig),
+        ],
     );
     openssl_verify(&pem(&d, "machine-sign", 1), &packet, &sig, RsaSig::Pkcs1v15).unwrap();
     let payload = write(&d, "payload.json", br#"{"machine":"m1"}"#);
     cli_ok(
         &d,
-        &["sign-jwt", "machine-sign", "--payload-file", path_str(&payload)],
+        &[
+            "sign-jwt",
+            "machine-sign",
+            "--payload-file",
+            path_str(&payload),
+        ],
     );
 
     // Registration client: data addressed to the machine's TPM encryption key (MOSIP label).
@@ -69,11 +90,22 @@ fn no_secret_reaches_the_log_the_audit_or_the_cli_at_trace_level() {
     let ct = write(
         &d,
         "to-machine.bin",
-        &openssl_oaep_encrypt(&pem(&d, "machine-encrypt", 1), &machine_secret, "sha256", Some("00")),
+        &openssl_oaep_encrypt(
+            &pem(&d, "machine-encrypt", 1),
+            &machine_secret,
+            "sha256",
+            Some("00"),
+        ),
     );
     let out = cli_ok(
         &d,
-        &["decrypt", "machine-encrypt", "--mosip-label", "--in", path_str(&ct)],
+        &[
+            "decrypt",
+            "machine-encrypt",
+            "--mosip-label",
+            "--in",
+            path_str(&ct),
+        ],
     );
     assert_eq!(out.stdout, machine_secret);
     // A wrong label: an error message, which must not carry the plaintext either.
@@ -105,7 +137,10 @@ fn no_secret_reaches_the_log_the_audit_or_the_cli_at_trace_level() {
         "datashare.v1.env",
         &envelope_with_known_key(&d, "ida-partner", 1, &share_key, &share),
     );
-    let out = cli_ok(&d, &["envelope", "open", "ida-partner", "--in", path_str(&env)]);
+    let out = cli_ok(
+        &d,
+        &["envelope", "open", "ida-partner", "--in", path_str(&env)],
+    );
     assert_eq!(out.stdout, share);
     // A damaged envelope: an error, without the key or the data.
     let bad = write(&d, "damaged.env", &flip(read(&env), 400));
@@ -131,7 +166,13 @@ fn no_secret_reaches_the_log_the_audit_or_the_cli_at_trace_level() {
     );
     let out = cli_ok(
         &d,
-        &["envelope", "open", "ida-other", "--in", path_str(&rewrapped)],
+        &[
+            "envelope",
+            "open",
+            "ida-other",
+            "--in",
+            path_str(&rewrapped),
+        ],
     );
     assert_eq!(out.stdout, share);
     secrets.push(("envelope data key", share_key));
@@ -169,13 +210,36 @@ fn no_secret_reaches_the_log_the_audit_or_the_cli_at_trace_level() {
     create_pkcs11(&d, "master", "aes256");
     cli_json(
         &d,
-        &["keys", "create", "soft", "--kind", "aes256", "--backend", "software", "--master", "master"],
+        &[
+            "keys",
+            "create",
+            "soft",
+            "--kind",
+            "aes256",
+            "--backend",
+            "software",
+            "--master",
+            "master",
+        ],
     );
     cli_ok(&d, &["keys", "rotate", "soft"]);
-    cli_ok(&d, &["admin", "backup", "--out", path_str(&file(&d, "backup.db"))]);
+    cli_ok(
+        &d,
+        &["admin", "backup", "--out", path_str(&file(&d, "backup.db"))],
+    );
     d.reload();
     d.restart();
-    cli_ok(&d, &["unwrap", "ida-partner", "--version", "1", "--in", path_str(&wrapped)]);
+    cli_ok(
+        &d,
+        &[
+            "unwrap",
+            "ida-partner",
+            "--version",
+            "1",
+            "--in",
+            path_str(&wrapped),
+        ],
+    );
     assert_eq!(d.terminate().code(), Some(0));
 
     let log = d.stderr();

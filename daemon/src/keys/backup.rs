@@ -113,7 +113,10 @@ fn copy_all(src: &Connection, dst: &mut Connection, registry: &Path) -> Result<(
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
-    Err(corrupt(registry, "the registry stayed busy; backup not made"))
+    Err(corrupt(
+        registry,
+        "the registry stayed busy; backup not made",
+    ))
 }
 
 /// SQLite's integrity check, the schema version and the two registry tables; the counts.
@@ -128,7 +131,10 @@ fn check(conn: &Connection) -> Result<RegistrySummary, String> {
         .map_err(sql)?;
     if problems != ["ok"] {
         let shown: Vec<&str> = problems.iter().take(3).map(String::as_str).collect();
-        return Err(format!("SQLite integrity check failed: {}", shown.join("; ")));
+        return Err(format!(
+            "SQLite integrity check failed: {}",
+            shown.join("; ")
+        ));
     }
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))

@@ -4,10 +4,10 @@ use custody_proto::ops::{Decrypt, DecryptArgs, Op, PlaintextResult, Unwrap, Unwr
 
 use super::keyuse::oaep_decrypt;
 use super::{plaintext_result, Ctx, Handle};
-use zeroize::Zeroize;
 use crate::backend::KeyKind;
 use crate::error::OpError;
 use crate::keys::Selector;
+use zeroize::Zeroize;
 
 impl Handle for Decrypt {
     /// Version by number or current; label as given (default empty).

@@ -6,11 +6,11 @@ use custody_proto::ops::{
 
 use super::keyuse::{oaep_decrypt, Recipient};
 use super::{plaintext_result, Ctx, Handle};
-use zeroize::Zeroize;
 use crate::backend::KeyKind;
 use crate::error::OpError;
 use crate::format::envelope;
 use crate::keys::Selector;
+use zeroize::Zeroize;
 
 impl From<envelope::EnvelopeError> for OpError {
     fn from(e: envelope::EnvelopeError) -> Self {

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ciborium::Value;
-use zeroize::Zeroize;
 use custody_proto::ops::{Op, PlaintextResult};
 use custody_proto::{ErrorCode, Request, Response, WireError};
+use zeroize::Zeroize;
 
 use crate::audit::Record;
 use crate::auth::Peer;

@@ -79,6 +79,8 @@ fn write_private(path: &Path, data: &[u8]) -> Out {
         .map_err(fail)?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(fail)?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(fail)?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(fail)?;
     Ok(())
 }
