@@ -3,11 +3,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 DEV ?= $(CURDIR)/target/dev
-APT_PACKAGES := swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc pkg-config openssl util-linux faketime systemd
+APT_PACKAGES := swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc pkg-config openssl util-linux faketime systemd lintian dpkg-dev
 
-.PHONY: deps build test lint demo dev dev-stop bench clean-dev
+.PHONY: deps build test lint demo dev dev-stop bench clean-dev deb
 
-## deps: install missing system packages (apt) and the Python interop libraries (pip: cryptography, PyNaCl)
+## deps: install missing system packages (apt), the Python interop libraries (pip: cryptography, PyNaCl) and cargo-deb
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -30,6 +30,7 @@ deps:
 	  { if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
 	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends python3-nacl >/dev/null; }
 	@python3 -c 'import nacl.public' || { echo "deps: python3 cannot import nacl (PyNaCl)" >&2; exit 1; }
+	@command -v cargo-deb >/dev/null || { echo "deps: installing cargo-deb"; $(CARGO) install cargo-deb --locked --quiet; }
 
 ## build: the whole workspace (daemon, client, tests)
 build: deps
@@ -63,3 +64,7 @@ demo: build
 ## bench: benchmarks (results in BENCHMARKS.md)
 bench: build
 	@scripts/bench.sh
+
+## deb: the Debian package (release build, cargo-deb), checked with lintian; prints its path last
+deb: deps
+	@scripts/deb.sh

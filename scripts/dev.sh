@@ -42,6 +42,7 @@ start)
 [server]
 socket = "$DEV/run/custodyd.sock"
 socket_mode = "0660"
+allow_root = true          # development only: production runs as the custodyd user
 
 [storage]
 path = "$DEV/registry.db"

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub op_timeout_secs: u64,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout_secs: u64,
+    /// Run even as root (development and tests only; production runs as the `custodyd` user).
+    pub allow_root: bool,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +72,7 @@ impl Default for ServerConfig {
             frame_timeout_secs: 10,
             op_timeout_secs: 30,
             drain_timeout_secs: 30,
+            allow_root: false,
         }
     }
 }

@@ -3,6 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::mman::{mlockall, MlockAllFlags};
+use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+
 use crate::audit::AuditLog;
 use crate::auth::Policy;
 use secrecy::SecretString;
@@ -18,16 +22,122 @@ use crate::config::{Config, Pkcs11Section};
 use crate::keys::KeyManager;
 use crate::state::App;
 
-/// Refuses core dumps and ptrace attach by other processes of the same uid (PR_SET_DUMPABLE 0).
+/// Protects the process before anything secret is read: no core dumps (PR_SET_DUMPABLE 0, which
+/// also refuses ptrace attach by other processes of the same uid, and RLIMIT_CORE 0), and all
+/// memory locked (never swapped) when RLIMIT_MEMLOCK allows it. Failures are warnings, once each:
+/// the daemon still runs, with what it could not get named in the log.
 pub fn harden_process() {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        tracing::warn!("could not disable core dumps: {e}");
+        tracing::warn!("could not disable core dumps (PR_SET_DUMPABLE): {e}");
     }
+    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        tracing::warn!("could not set RLIMIT_CORE to 0: {e}");
+    }
+    lock_memory();
+}
+
+/// Locks every page of the process, present and future, as it is first touched
+/// (`mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`), so PINs, unwrapped software keys and
+/// plaintexts never reach swap. Only with an unlimited RLIMIT_MEMLOCK (the unit's
+/// `LimitMEMLOCK=infinity`): under a finite limit, future mappings beyond it would fail, so the
+/// daemon warns once instead and runs unlocked.
+fn lock_memory() {
+    match getrlimit(Resource::RLIMIT_MEMLOCK) {
+        Ok((soft, _)) if soft == RLIM_INFINITY => {
+            let flags = MlockAllFlags::MCL_CURRENT
+                | MlockAllFlags::MCL_FUTURE
+                | MlockAllFlags::from_bits_retain(libc::MCL_ONFAULT);
+            match mlockall(flags) {
+                Ok(()) => tracing::debug!("memory locked (mlockall)"),
+                Err(e) => tracing::warn!(
+                    "memory not locked: mlockall failed ({e}); secrets may be written to swap"
+                ),
+            }
+        }
+        Ok((soft, _)) => tracing::warn!(
+            "memory not locked: RLIMIT_MEMLOCK is {} KiB (the unit's LimitMEMLOCK=infinity \
+             allows locking); secrets may be written to swap",
+            soft / 1024
+        ),
+        Err(e) => tracing::warn!("memory not locked: cannot read RLIMIT_MEMLOCK: {e}"),
+    }
+}
+
+/// Refuses to run as root unless the config says `server.allow_root = true` (development and
+/// tests): in production custodyd runs as the unprivileged `custodyd` user.
+pub fn check_user(cfg: &Config, path: &Path) -> Result<(), String> {
+    if nix::unistd::geteuid().is_root() && !cfg.server.allow_root {
+        return Err(format!(
+            "refusing to run as root: run custodyd as its own user (the systemd unit uses \
+             User=custodyd), or set `allow_root = true` in [server] of {} for development",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a file (the config, the PIN file) that someone other than root and the daemon's own
+/// user could change: writable by group or others, or owned by another user.
+pub fn check_file_trusted(file: &Path, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(file)
+        .map_err(|e| format!("{what} {}: cannot read: {e}", file.display()))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{what} {} is writable by group or others (mode {mode:04o}): refusing it; \
+             `chmod go-w` it",
+            file.display()
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "{what} {} is owned by uid {}, neither root nor custodyd's uid {me}: refusing it",
+            file.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the registry's lock file (`<registry>.lock`, exclusive, not waiting): one daemon per
+/// registry, and `--restore` refuses to run while a daemon holds it. Held until the returned
+/// value is dropped (or the process exits).
+pub fn lock_registry(registry: &Path) -> Result<Flock<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = registry.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        if e == nix::errno::Errno::EWOULDBLOCK {
+            format!(
+                "the registry {} is in use by a running custodyd (it holds {}): stop it first",
+                registry.display(),
+                lock_path.display()
+            )
+        } else {
+            format!("cannot lock {}: {e}", lock_path.display())
+        }
+    })
 }
 
 /// Reads the PKCS#11 user PIN from the configured file (first line) or environment variable.
 fn read_pin(p: &Pkcs11Section, path: &Path) -> Result<SecretString, String> {
     if let Some(f) = &p.pin_file {
+        check_file_trusted(f, "PIN file")
+            .map_err(|e| format!("{}: key `pkcs11.pin_file`: {e}", path.display()))?;
         let text = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
             format!(
                 "{}: key `pkcs11.pin_file`: cannot read {}: {e}",

@@ -61,6 +61,7 @@ impl App {
 
     /// Re-reads the config file and replaces the policy; on any error the old policy stays.
     pub fn reload_policy(&self) -> Result<(), String> {
+        crate::setup::check_file_trusted(&self.config_path, "config file")?;
         let cfg = Config::load(&self.config_path).map_err(|e| e.to_string())?;
         let policy = Policy::from_config(&cfg.roles)
             .map_err(|e| format!("{}: {e}", self.config_path.display()))?;

@@ -6,7 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::daemon::{Daemon, READY_TIMEOUT};
 use crate::hsm::Hsm;
+use crate::process::custodyd_bin;
 use crate::swtpm::Swtpm;
+use crate::system::{chown_tree, ensure_system_user};
 
 /// Roles used when the builder is not given any: root (uid 0) may do everything on every key.
 pub const DEFAULT_ROLES: &str = r#"[[roles]]
@@ -33,7 +35,8 @@ pub fn toml_str(s: &str) -> String {
 
 /// Builds and starts a [`Daemon`] in a fresh temporary directory.
 ///
-/// The config always has `[server] socket = DIR/custodyd.sock`, `[storage] path = DIR/keys.db`
+/// The config always has `[server] socket = DIR/custodyd.sock` and `allow_root = true` (unless
+/// [`DaemonBuilder::server`] sets `allow_root` itself), `[storage] path = DIR/keys.db`
 /// and `[audit] file = DIR/audit.log`; lines given to [`DaemonBuilder::server`] are added to
 /// `[server]`, [`DaemonBuilder::roles`] replaces [`DEFAULT_ROLES`], and
 /// [`DaemonBuilder::extra`] is appended verbatim (e.g. `[keys]` or `[[keys.declare]]`).
@@ -48,6 +51,7 @@ pub struct DaemonBuilder {
     dir_mode: Option<u32>,
     socket_name: Option<String>,
     pkcs11: Vec<String>,
+    run_as: Option<String>,
 }
 
 impl DaemonBuilder {
@@ -114,6 +118,17 @@ impl DaemonBuilder {
         self
     }
 
+    /// Runs the daemon as the unprivileged system user `user` (created if missing, see
+    /// [`ensure_system_user`]) with the restrictions of `systemd/custodyd.service` that can be
+    /// had without systemd: the built `custodyd` is installed into `DIR/bin`, the directory
+    /// (registry, token, PIN file, config) is given to that user, and the daemon is started as
+    /// `prlimit --memlock=unlimited --core=0 setpriv --reuid --regid --init-groups --no-new-privs
+    /// --bounding-set=-all --inh-caps=-all` with umask 0077. No `allow_root` is written.
+    pub fn run_as(mut self, user: &str) -> Self {
+        self.run_as = Some(user.to_owned());
+        self
+    }
+
     /// Writes the config and starts the daemon; panics (with the daemon's stderr) if it does not
     /// answer `hello` within [`READY_TIMEOUT`].
     pub fn start(self) -> Daemon {
@@ -145,6 +160,15 @@ impl DaemonBuilder {
             "socket = {}\n",
             toml_str(&socket.to_string_lossy())
         ));
+        // The tests run as root; production refuses that (`server.allow_root`).
+        if self.run_as.is_none()
+            && !self
+                .server
+                .iter()
+                .any(|l| l.trim_start().starts_with("allow_root"))
+        {
+            cfg.push_str("allow_root = true\n");
+        }
         for l in &self.server {
             cfg.push_str(l);
             cfg.push('\n');
@@ -178,6 +202,15 @@ impl DaemonBuilder {
             cfg.push('\n');
         }
         let roles = self.roles.unwrap_or_else(|| DEFAULT_ROLES.to_owned());
+        let run_as = self.run_as.as_deref().map(|user| {
+            let account = ensure_system_user(user);
+            let bin = root.join("bin");
+            fs::create_dir_all(&bin).expect("bin dir");
+            let installed = bin.join("custodyd");
+            fs::copy(custodyd_bin(), &installed).expect("install custodyd");
+            fs::set_permissions(&installed, fs::Permissions::from_mode(0o755)).expect("chmod");
+            (account, installed)
+        });
         let d = Daemon {
             socket,
             audit,
@@ -192,8 +225,12 @@ impl DaemonBuilder {
             hsm,
             dir: Some(dir),
             root,
+            run_as,
         };
         d.write_config();
+        if let Some((account, _)) = &d.run_as {
+            chown_tree(&d.root, account.uid, account.gid);
+        }
         d
     }
 }

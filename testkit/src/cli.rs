@@ -14,13 +14,17 @@ impl Daemon {
     /// `custody --socket SOCKET ARGS…`, with a 30 s timeout.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut c = self.cli_command(args);
-        run_with_timeout(&mut c, Duration::from_secs(30))
+        let out = run_with_timeout(&mut c, Duration::from_secs(30));
+        self.record_cli_stderr(&out.stderr);
+        out
     }
 
     /// `custody --socket SOCKET ARGS…` with `input` on stdin (e.g. `sign k --in -`).
     pub fn cli_stdin(&self, args: &[&str], input: &[u8]) -> Output {
         let mut c = self.cli_command(args);
-        run_with_input(&mut c, Some(input), Duration::from_secs(30)).1
+        let out = run_with_input(&mut c, Some(input), Duration::from_secs(30)).1;
+        self.record_cli_stderr(&out.stderr);
+        out
     }
 
     /// `custody --socket SOCKET ARGS…` run as another user via

@@ -17,6 +17,7 @@ use crate::hsm::Hsm;
 use crate::process::{custodyd_bin, run_with_timeout};
 use crate::raw::RawConn;
 use crate::swtpm::Swtpm;
+use crate::system::Account;
 
 /// Default time to wait for the daemon to answer after start.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -44,6 +45,8 @@ pub struct Daemon {
     pub(crate) child: Option<Child>,
     pub(crate) swtpm: Option<Swtpm>,
     pub(crate) hsm: Option<Hsm>,
+    /// Run as this account with the unit's restrictions, from this installed binary.
+    pub(crate) run_as: Option<(Account, PathBuf)>,
 }
 
 impl Daemon {
@@ -113,9 +116,26 @@ impl Daemon {
         signal::kill(Pid::from_raw(pid as i32), sig).expect("kill");
     }
 
-    /// A `custodyd --config FILE` command with the daemon's environment.
+    /// A `custodyd --config FILE` command with the daemon's environment (for a daemon built with
+    /// [`crate::DaemonBuilder::run_as`], wrapped in `prlimit`, `setpriv` and `umask 0077`: its
+    /// pid is still the daemon's, every wrapper execs the next).
     pub fn command(&self) -> Command {
-        let mut c = Command::new(custodyd_bin());
+        let mut c = match &self.run_as {
+            None => Command::new(custodyd_bin()),
+            Some((account, bin)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--memlock={}", memlock_limit()))
+                    .arg("--core=0")
+                    .arg("setpriv")
+                    .arg(format!("--reuid={}", account.uid))
+                    .arg(format!("--regid={}", account.gid))
+                    .arg("--init-groups")
+                    .args(["--no-new-privs", "--bounding-set=-all", "--inh-caps=-all"])
+                    .args(["/bin/sh", "-c", "umask 0077 && exec \"$0\" \"$@\""])
+                    .arg(bin);
+                c
+            }
+        };
         c.arg("--config").arg(&self.config);
         for (k, v) in &self.env {
             c.env(k, v);
@@ -290,6 +310,28 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// The account the daemon runs as ([`crate::DaemonBuilder::run_as`]), if not root.
+    pub fn account(&self) -> Option<&Account> {
+        self.run_as.as_ref().map(|(a, _)| a)
+    }
+
+    /// Everything the CLI runs of [`Daemon::cli`] and [`Daemon::cli_stdin`] wrote to stderr.
+    pub fn cli_stderr(&self) -> String {
+        fs::read(self.root.join("cli.stderr"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn record_cli_stderr(&self, err: &[u8]) {
+        if let Ok(mut f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("cli.stderr"))
+        {
+            let _ = f.write_all(err);
+        }
+    }
+
     /// The audit file, one parsed JSON value per line (panics on a line that is not JSON).
     pub fn audit_lines(&self) -> Vec<serde_json::Value> {
         let text = fs::read_to_string(&self.audit).unwrap_or_default();
@@ -338,6 +380,38 @@ impl Drop for Daemon {
         // swtpm (if any) is stopped by its own Drop, before the directory goes away.
         drop(self.swtpm.take());
     }
+}
+
+/// The unit's `LimitMEMLOCK=infinity` when this process may set it (an unlimited hard limit, or
+/// CAP_SYS_RESOURCE), else the highest it may: the hard limit (the daemon then warns that it
+/// runs with memory unlocked). See [`memlock_unlimited`].
+fn memlock_limit() -> String {
+    if memlock_unlimited() {
+        "unlimited".into()
+    } else {
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+            .expect("getrlimit");
+        hard.to_string()
+    }
+}
+
+/// Whether a daemon started by [`crate::DaemonBuilder::run_as`] gets an unlimited
+/// RLIMIT_MEMLOCK (and so locks its memory): the hard limit here is unlimited, or this process
+/// has CAP_SYS_RESOURCE to raise it (containers often lack it).
+pub fn memlock_unlimited() -> bool {
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+        .expect("getrlimit");
+    if hard == nix::sys::resource::RLIM_INFINITY {
+        return true;
+    }
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_RESOURCE: u32 = 24;
+    eff & (1 << CAP_SYS_RESOURCE) != 0
 }
 
 fn write_atomic(path: &Path, text: &str) {

@@ -13,6 +13,9 @@
 //!   audit file and stderr.
 //! * [`cli_ok`], [`cli_json`], [`cli_err`], [`cli_usage_err`]: the CLI's success and failure
 //!   contracts (exit code and `custody: CODE: message`).
+//! * [`DaemonBuilder::run_as`] runs the daemon as the unprivileged `custodyd` user with the
+//!   unit's restrictions ([`ensure_system_user`]); [`assert_no_secrets`] searches logs for
+//!   secrets in raw, hex and base64 forms.
 //! * [`RawConn`] speaks the wire protocol by hand, for tests that need to misbehave.
 //! * [`openssl_verify`], [`openssl_oaep_encrypt`], [`openssl_keypair`], [`pem_from_der`]: openssl
 //!   as the independent implementation; [`py_envelope`], [`python_tpm_primary`], [`py_idos`]
@@ -39,7 +42,9 @@ mod presets;
 mod process;
 mod python;
 mod raw;
+mod secrets;
 mod swtpm;
+mod system;
 
 pub use custody_client::{BlockingClient, Client, ClientError};
 pub use custody_proto as proto;
@@ -48,7 +53,7 @@ pub use builder::{toml_str, DaemonBuilder, DEFAULT_ROLES};
 pub use cli::{
     cli_err, cli_json, cli_ok, cli_usage_err, exit_code_of, status_backend, status_json,
 };
-pub use daemon::{Daemon, EXIT_TIMEOUT, FAKETIME_LIB, READY_TIMEOUT};
+pub use daemon::{memlock_unlimited, Daemon, EXIT_TIMEOUT, FAKETIME_LIB, READY_TIMEOUT};
 pub use data::{
     b64std, b64std_decode, b64url, b64url_decode, file, flip, key_index, path_str, random, read,
     sha256, write,
@@ -74,4 +79,6 @@ pub use python::{
 pub use raw::{
     err_code, frame_bytes, ping_args, ping_data, request_body, server_code, RawConn, Reply,
 };
+pub use secrets::{assert_no_secrets, secret_forms};
 pub use swtpm::Swtpm;
+pub use system::{chown_tree, ensure_system_user, Account};

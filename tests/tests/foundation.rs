@@ -324,8 +324,15 @@ fn stale_socket_replaced_and_live_socket_refused() {
         .unwrap();
     assert_eq!(r.data, b"1");
 
-    // A second daemon on the live socket refuses to start and leaves the first alone.
-    let out = d.run_to_exit(20 * SEC);
+    // A second daemon (with a registry of its own: one on the same registry is refused by the
+    // registry lock first, deploy.rs) on the live socket refuses to start and leaves the first
+    // alone.
+    let other = d.dir().join("other.toml");
+    std::fs::write(&other, d.config_text().replace("keys.db", "other.db")).unwrap();
+    let out = run_with_timeout(
+        Command::new(custodyd_bin()).arg("--config").arg(&other),
+        20 * SEC,
+    );
     assert!(!out.status.success(), "{out:?}");
     assert!(
         stderr(&out).contains("another process is listening"),

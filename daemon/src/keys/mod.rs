@@ -1,9 +1,11 @@
 //! Keys: the registry's records and their in-memory cache (this file), resolution of a key
 //! version for an operation (`select`), the validity policy (`policy`), admin changes
-//! (`lifecycle`) and the SQLite store with its schema migrations (`store`).
+//! (`lifecycle`), the SQLite store with its schema migrations (`store`) and its backups
+//! (`backup`).
 //!
 //! Methods that touch a backend block: call them from a blocking worker thread.
 
+pub mod backup;
 mod certs;
 mod lifecycle;
 mod policy;

@@ -7,6 +7,7 @@ use super::{plaintext_result, Ctx, Handle};
 use crate::backend::KeyKind;
 use crate::error::OpError;
 use crate::keys::Selector;
+use zeroize::Zeroize;
 
 impl Handle for Decrypt {
     /// Version by number or current; label as given (default empty).
@@ -26,6 +27,10 @@ impl Handle for Decrypt {
             })
             .await?;
         plaintext_result(ctx, a.key, version, &plaintext)
+    }
+
+    fn scrub(r: &mut PlaintextResult) {
+        r.plaintext.zeroize();
     }
 }
 
@@ -60,5 +65,9 @@ impl Handle for Unwrap {
             })
             .await?;
         plaintext_result(ctx, a.key, version, &plaintext)
+    }
+
+    fn scrub(r: &mut PlaintextResult) {
+        r.plaintext.zeroize();
     }
 }

@@ -10,6 +10,7 @@ use crate::backend::KeyKind;
 use crate::error::OpError;
 use crate::format::envelope;
 use crate::keys::Selector;
+use zeroize::Zeroize;
 
 impl From<envelope::EnvelopeError> for OpError {
     fn from(e: envelope::EnvelopeError) -> Self {
@@ -33,7 +34,10 @@ impl Handle for EnvelopeSeal {
         let r = ctx
             .blocking(move |app| {
                 let to = Recipient::of(app, a.key.as_deref(), a.public_key, EnvelopeSeal::NAME)?;
-                let env = envelope::seal_with(&a.plaintext, &to.thumbprint, |k| to.wrap(&k[..]))?;
+                let mut plaintext = a.plaintext;
+                let env = envelope::seal_with(&plaintext, &to.thumbprint, |k| to.wrap(&k[..]));
+                plaintext.zeroize();
+                let env = env?;
                 Ok(SealResult {
                     envelope: env,
                     thumbprint: to.thumbprint.to_vec(),
@@ -65,5 +69,9 @@ impl Handle for EnvelopeOpen {
             })
             .await?;
         plaintext_result(ctx, a.key, version, &plaintext)
+    }
+
+    fn scrub(r: &mut PlaintextResult) {
+        r.plaintext.zeroize();
     }
 }

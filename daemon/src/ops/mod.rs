@@ -4,6 +4,7 @@
 //! a key.
 
 mod admin;
+mod backup;
 mod basic;
 mod boxes;
 mod certs;
@@ -20,6 +21,7 @@ use std::time::Instant;
 use ciborium::Value;
 use custody_proto::ops::{Op, PlaintextResult};
 use custody_proto::{ErrorCode, Request, Response, WireError};
+use zeroize::Zeroize;
 
 use crate::audit::Record;
 use crate::auth::Peer;
@@ -111,19 +113,43 @@ impl Ctx {
 pub(crate) trait Handle: Op {
     /// Executes the op.
     async fn handle(ctx: &mut Ctx, args: Self::Args) -> Result<Self::Result, OpError>;
+
+    /// Zeroizes the secret parts of a result once it is encoded (ops that return plaintexts).
+    fn scrub(_result: &mut Self::Result) {}
 }
 
 type OpResult = Result<Value, OpError>;
 
 /// Decodes the arguments of `O`, authorizes every right it declares, runs its handler, encodes
 /// the result.
-async fn run<O: Handle>(ctx: &mut Ctx, req: Request) -> OpResult {
-    let args: O::Args = req.args()?;
+async fn run<O: Handle>(ctx: &mut Ctx, mut req: Request) -> OpResult {
+    let args = req.args::<O::Args>();
+    // The request's bytes (an envelope.seal plaintext) are not needed once decoded.
+    scrub_value(&mut req.args);
+    let args = args?;
     for a in O::access(&args)? {
         ctx.authorize(a.right, a.key)?;
     }
-    let result = O::handle(ctx, args).await?;
-    custody_proto::message::to_value(&result).map_err(OpError::from)
+    let mut result = O::handle(ctx, args).await?;
+    let value = custody_proto::message::to_value(&result).map_err(OpError::from);
+    O::scrub(&mut result);
+    value
+}
+
+/// Zeroizes every byte and text string of a CBOR value in place (requests once decoded,
+/// responses once written).
+pub fn scrub_value(v: &mut Value) {
+    match v {
+        Value::Bytes(b) => b.zeroize(),
+        Value::Text(t) => t.zeroize(),
+        Value::Array(a) => a.iter_mut().for_each(scrub_value),
+        Value::Map(m) => m.iter_mut().for_each(|(k, v)| {
+            scrub_value(k);
+            scrub_value(v);
+        }),
+        Value::Tag(_, inner) => scrub_value(inner),
+        _ => {}
+    }
 }
 
 /// The result of an op that returns a plaintext (`decrypt`, `unwrap`, `envelope.open`); records the

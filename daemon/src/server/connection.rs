@@ -12,6 +12,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 
+use zeroize::Zeroize;
+
 use super::shutdown::Shutdown;
 use crate::auth::Peer;
 use crate::ops;
@@ -65,7 +67,7 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             _ = shutdown.recv() => break,
             _ = tx.closed() => break,
         };
-        let body = match body {
+        let mut body = match body {
             Ok(b) => b,
             Err(ReadFault::Frame(FrameError::Empty)) => {
                 let e = WireError::new(ErrorCode::BadRequest, "empty frame");
@@ -93,7 +95,9 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             }
             Err(ReadFault::Closed | ReadFault::Io) => break,
         };
-        let req = match Request::decode(&body) {
+        let decoded = Request::decode(&body);
+        body.zeroize();
+        let req = match decoded {
             Ok(r) => r,
             Err((id, e)) => {
                 app.stats.count("unknown", false);
@@ -219,8 +223,8 @@ async fn write_loop(
     max_frame: u32,
     stall: Duration,
 ) {
-    while let Some(resp) = rx.recv().await {
-        let body = match resp.encode() {
+    while let Some(mut resp) = rx.recv().await {
+        let mut body = match resp.encode() {
             Ok(b) if b.len() <= max_frame as usize => b,
             Ok(_) => match Response::err(
                 resp.id,
@@ -239,7 +243,14 @@ async fn write_loop(
         let mut out = Vec::with_capacity(body.len() + frame::HEADER_LEN);
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());
         out.extend_from_slice(&body);
-        match timeout(stall, wr.write_all(&out)).await {
+        let written = timeout(stall, wr.write_all(&out)).await;
+        // A plaintext result is in all three; gone from this process once written.
+        out.zeroize();
+        body.zeroize();
+        if let Ok(v) = &mut resp.result {
+            ops::scrub_value(v);
+        }
+        match written {
             Ok(Ok(())) => {}
             Ok(Err(_)) => break,
             Err(_) => {

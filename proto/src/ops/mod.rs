@@ -6,6 +6,7 @@
 //! The daemon's dispatch table and the client's typed methods are generated from the single list
 //! in [`for_each_op!`](crate::for_each_op), so an op's name and its types cannot disagree.
 
+mod admin;
 mod basic;
 mod boxes;
 mod certs;
@@ -14,6 +15,7 @@ mod envelope;
 mod keys;
 mod sign;
 
+pub use admin::*;
 pub use basic::*;
 pub use boxes::*;
 pub use certs::*;
@@ -125,6 +127,8 @@ macro_rules! for_each_op {
                 |a| Ok(vec![Access::on(KeysCertExport::NAME, &a.name)]));
             (KeysImport, keys_import, KEYS_IMPORT, "keys.import", KeyImportArgs, KeyInfo,
                 |a| Ok(vec![Access::on(KeysImport::NAME, &a.name)]));
+            (AdminBackup, admin_backup, ADMIN_BACKUP, "admin.backup", BackupArgs, BackupResult,
+                |_a| Ok(vec![Access::keyless(AdminBackup::NAME)]));
             (Sign, sign, SIGN, "sign", SignArgs, SignResult,
                 |a| Ok(vec![Access::on(Sign::NAME, &a.key)]));
             (SignBatch, sign_batch, SIGN_BATCH, "sign.batch", SignBatchArgs, SignBatchResult,

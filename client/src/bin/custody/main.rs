@@ -5,6 +5,7 @@
 //! dispatches to the family and reports failures with the exit codes in [`exit`].
 #![forbid(unsafe_code)]
 
+mod admin;
 mod basic;
 mod box_;
 mod certs;
@@ -61,6 +62,15 @@ enum Cmd {
     /// idOS nacl.box: seal, open, reencrypt (access grants), derive (password keys).
     #[command(subcommand, name = "box")]
     Box(box_::Cmd),
+    /// Operate the daemon (backup).
+    #[command(subcommand)]
+    Admin(admin::Cmd),
+    /// Write the man page and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory.
+        dir: PathBuf,
+    },
 }
 
 /// Why a command failed.
@@ -88,6 +98,15 @@ pub type Out = Result<(), Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::GenerateAssets { dir } = &cli.cmd {
+        return match generate_assets(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("custody: cannot write to {}: {e}", dir.display());
+                ExitCode::from(exit::USAGE)
+            }
+        };
+    }
     let socket = cli
         .socket
         .clone()
@@ -126,7 +145,28 @@ fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
         Cmd::Decrypt(cmd) => decrypt::run(c, json, cmd),
         Cmd::Envelope(cmd) => envelope::run(c, json, cmd),
         Cmd::Box(cmd) => box_::run(c, json, cmd),
+        Cmd::Admin(cmd) => admin::run(c, json, cmd),
+        Cmd::GenerateAssets { .. } => Ok(()),
     }
+}
+
+/// The man page (section 1) and bash, zsh and fish completions, generated from the command
+/// line definition.
+fn generate_assets(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    std::fs::write(dir.join("custody.1"), page)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "custody", dir)?;
+    }
+    Ok(())
 }
 
 /// Reports a failure: `custody: CODE: message` on stderr, or a JSON error object on stdout.
