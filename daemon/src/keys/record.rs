@@ -162,6 +162,14 @@ impl KeyRecord {
         self.versions.iter().find(|v| v.version == n)
     }
 
+    /// Version `n`, or the current one when `n` is `None` (any state; no expiry check).
+    pub fn version_or_current(&self, n: Option<u32>) -> Option<&VersionRecord> {
+        match n {
+            Some(n) => self.version(n),
+            None => self.current(),
+        }
+    }
+
     /// The number the next version gets.
     pub fn next_version(&self) -> u32 {
         self.versions.last().map_or(1, |v| v.version + 1)

@@ -60,14 +60,6 @@ CREATE TABLE IF NOT EXISTS versions (
     aad_bound      INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (name, version)
 );
-CREATE TABLE IF NOT EXISTS certs (
-    name     TEXT NOT NULL,
-    version  INTEGER NOT NULL,
-    seq      INTEGER NOT NULL,
-    der      BLOB NOT NULL,
-    PRIMARY KEY (name, version, seq),
-    FOREIGN KEY (name, version) REFERENCES versions(name, version)
-);
 ";
 
 /// Version 1 → 2: X.509 certificates of key versions.
@@ -140,7 +132,11 @@ impl Store {
                 )))
             }
             SCHEMA_VERSION => return Ok(()),
-            0 if !has_tables => tx.execute_batch(SCHEMA)?,
+            0 if !has_tables => {
+                // A new file: the schema-1 tables, then every later step.
+                tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(MIGRATE_1_TO_2)?;
+            }
             1 => {
                 tx.execute_batch(MIGRATE_1_TO_2)?;
                 tracing::info!(registry = %path.display(), "registry migrated from schema 1 to 2");

@@ -132,7 +132,8 @@ impl Handle for KeysCert {
                 let mut not_after = a
                     .days
                     .map_or(k.record().not_after, |d| not_before + i64::from(d) * 86_400);
-                let cert = if a.self_signed {
+                // The signer: the key itself, or the issuer (key version, name, public key).
+                let issuer = if a.self_signed {
                     if kind != KeyKind::Rsa2048Sign {
                         return Err(OpError::new(
                             ErrorCode::WrongKind,
@@ -143,37 +144,34 @@ impl Handle for KeysCert {
                             ),
                         ));
                     }
-                    let spec = CertSpec {
-                        subject,
-                        spki_der: &spki,
-                        usage,
-                        not_before,
-                        not_after,
-                        serial: random_serial(),
-                    };
-                    signed_by(&k, |sign| build_certificate(&spec, None, sign))?
+                    None
                 } else {
-                    let issuer_name = a.issuer.as_deref().unwrap_or_default();
-                    let (ik, icert) = issuer_of(app, issuer_name)?;
+                    let (ik, icert) = issuer_of(app, a.issuer.as_deref().unwrap_or_default())?;
                     // A certificate does not outlive its issuer's.
                     not_after = not_after.min(icert.not_after);
                     let ispki =
                         ik.record().public_der.clone().ok_or_else(|| {
                             OpError::internal("issuer has no public key recorded")
                         })?;
-                    let issuer = Issuer {
-                        name: parse_subject(&icert.subject)?,
-                        spki_der: &ispki,
-                    };
-                    let spec = CertSpec {
-                        subject,
-                        spki_der: &spki,
-                        usage,
-                        not_before,
-                        not_after,
-                        serial: random_serial(),
-                    };
-                    signed_by(&ik, |sign| build_certificate(&spec, Some(&issuer), sign))?
+                    Some((ik, parse_subject(&icert.subject)?, ispki))
+                };
+                let spec = CertSpec {
+                    subject,
+                    spki_der: &spki,
+                    usage,
+                    not_before,
+                    not_after,
+                    serial: random_serial(),
+                };
+                let cert = match &issuer {
+                    None => signed_by(&k, |sign| build_certificate(&spec, None, sign))?,
+                    Some((ik, name, ispki)) => {
+                        let issuer = Issuer {
+                            name: name.clone(),
+                            spki_der: ispki,
+                        };
+                        signed_by(ik, |sign| build_certificate(&spec, Some(&issuer), sign))?
+                    }
                 };
                 app.keys
                     .add_certificate(&a.name, k.number(), cert.clone())?;
@@ -254,11 +252,7 @@ impl Handle for KeysCertImport {
 impl Handle for KeysCertExport {
     async fn handle(ctx: &mut Ctx, a: CertExportArgs) -> Result<CertExportResult, OpError> {
         let rec = ctx.app.keys.get(&a.name)?;
-        let v = match a.version {
-            Some(n) => rec.version(n),
-            None => rec.current(),
-        }
-        .ok_or_else(|| {
+        let v = rec.version_or_current(a.version).ok_or_else(|| {
             OpError::new(
                 ErrorCode::NotFound,
                 format!("no such version of `{}`", a.name),

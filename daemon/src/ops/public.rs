@@ -35,11 +35,7 @@ pub fn version_key_index(v: &VersionRecord) -> Option<String> {
 impl Handle for KeysPublic {
     async fn handle(ctx: &mut Ctx, a: PublicKeyArgs) -> Result<PublicKeyResult, OpError> {
         let rec = ctx.app.keys.get(&a.name)?;
-        let v = match a.version {
-            Some(n) => rec.version(n),
-            None => rec.current(),
-        }
-        .ok_or_else(|| {
+        let v = rec.version_or_current(a.version).ok_or_else(|| {
             OpError::new(
                 ErrorCode::NotFound,
                 format!("no such version of `{}`", a.name),
