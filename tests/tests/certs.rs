@@ -12,6 +12,48 @@ use custody_testkit::{
 };
 use serde_json::Value as Json;
 
+/// A partner's certificate authority, made by the independent Python implementation
+/// (`x509_ca.py`), as MOSIP's partner management would hold it.
+struct PartnerCa {
+    key: PathBuf,
+    cert: PathBuf,
+}
+
+impl PartnerCa {
+    fn new(d: &Daemon) -> Self {
+        let ca = PartnerCa {
+            key: file(d, "pca.key"),
+            cert: file(d, "pca.pem"),
+        };
+        py_ca(&[
+            "ca",
+            "--key",
+            path_str(&ca.key),
+            "--cert",
+            path_str(&ca.cert),
+        ]);
+        ca
+    }
+
+    /// A certificate for the public key `public` (PEM) into `out`; `extra`: `--ca`,
+    /// `--expired`, `--subject S`.
+    fn issue(&self, public: &Path, out: &Path, extra: &[&str]) {
+        let mut args = vec![
+            "issue",
+            "--ca-key",
+            path_str(&self.key),
+            "--ca-cert",
+            path_str(&self.cert),
+            "--pub",
+            path_str(public),
+            "--out",
+            path_str(out),
+        ];
+        args.extend_from_slice(extra);
+        py_ca(&args);
+    }
+}
+
 /// `keys cert NAME ARGS… --out NAME.pem`: the answer, and the PEM file.
 fn cert(d: &Daemon, name: &str, args: &[&str]) -> (Json, PathBuf) {
     let out = file(d, &format!("{name}.cert.pem"));
@@ -322,27 +364,9 @@ fn envelopes_addressed_to_certificates_open() {
     open_with_custody(&d, "ida", &env_spki, &plain);
 
     // MOSIP's partner management re-signs the partner certificate with its own CA (Python).
-    let ca_key = file(&d, "pca.key");
-    let ca_pem = file(&d, "pca.pem");
-    py_ca(&[
-        "ca",
-        "--key",
-        path_str(&ca_key),
-        "--cert",
-        path_str(&ca_pem),
-    ]);
+    let ca = PartnerCa::new(&d);
     let resigned = file(&d, "resigned.pem");
-    py_ca(&[
-        "issue",
-        "--ca-key",
-        path_str(&ca_key),
-        "--ca-cert",
-        path_str(&ca_pem),
-        "--pub",
-        path_str(&ida_pub),
-        "--out",
-        path_str(&resigned),
-    ]);
+    ca.issue(&ida_pub, &resigned, &[]);
     cli_ok(
         &d,
         &["keys", "cert-import", "ida", "--in", path_str(&resigned)],
@@ -381,17 +405,7 @@ fn envelopes_addressed_to_certificates_open() {
     // A certificate for another key is refused, and nothing changes.
     let other = openssl_keypair(d.dir(), "other", 2048);
     let wrong = file(&d, "wrong.pem");
-    py_ca(&[
-        "issue",
-        "--ca-key",
-        path_str(&ca_key),
-        "--ca-cert",
-        path_str(&ca_pem),
-        "--pub",
-        path_str(&other.public_pem),
-        "--out",
-        path_str(&wrong),
-    ]);
+    ca.issue(&other.public_pem, &wrong, &[]);
     let before = show(&d, "ida");
     let m = cli_err(
         &d,
@@ -536,32 +550,14 @@ fn bad_certificate_requests_are_typed_and_change_nothing() {
     );
     assert!(m.contains("not a CA"), "{m}");
     // An expired issuer: its newest certificate (issued by a Python CA) has expired.
-    let ca_key = file(&d, "pca.key");
-    let ca_pem = file(&d, "pca.pem");
-    py_ca(&[
-        "ca",
-        "--key",
-        path_str(&ca_key),
-        "--cert",
-        path_str(&ca_pem),
-    ]);
+    let ca = PartnerCa::new(&d);
     let expired = file(&d, "expired.pem");
     let ca_pub = pem(&d, "ca", 1);
-    py_ca(&[
-        "issue",
-        "--ca-key",
-        path_str(&ca_key),
-        "--ca-cert",
-        path_str(&ca_pem),
-        "--pub",
-        path_str(&ca_pub),
-        "--out",
-        path_str(&expired),
-        "--ca",
-        "--expired",
-        "--subject",
-        "CN=old CA",
-    ]);
+    ca.issue(
+        &ca_pub,
+        &expired,
+        &["--ca", "--expired", "--subject", "CN=old CA"],
+    );
     cli_ok(
         &d,
         &["keys", "cert-import", "ca", "--in", path_str(&expired)],
@@ -643,27 +639,9 @@ fn public_only_keys_stand_for_outside_recipients() {
 
     // Importing the partner's certificate (issued by its CA) makes a new version; sealing then
     // writes the certificate's thumbprint, and a re-targeted envelope reaches the partner too.
-    let ca_key = file(&d, "pca.key");
-    let ca_pem = file(&d, "pca.pem");
-    py_ca(&[
-        "ca",
-        "--key",
-        path_str(&ca_key),
-        "--cert",
-        path_str(&ca_pem),
-    ]);
+    let ca = PartnerCa::new(&d);
     let pcert = file(&d, "partner.cert.pem");
-    py_ca(&[
-        "issue",
-        "--ca-key",
-        path_str(&ca_key),
-        "--ca-cert",
-        path_str(&ca_pem),
-        "--pub",
-        path_str(&partner.public_pem),
-        "--out",
-        path_str(&pcert),
-    ]);
+    ca.issue(&partner.public_pem, &pcert, &[]);
     let k = cli_json(&d, &["keys", "import", "partner", "--in", path_str(&pcert)]);
     assert_eq!(k["current_version"], 2, "{k}");
     let env2 = file(&d, "to-partner2.env");
