@@ -138,6 +138,24 @@ fn py_thumbprints(env: &Path, cert: &Path) -> (String, String) {
     (get("envelope "), get("certificate "))
 }
 
+/// `custody envelope seal KEY --in INPUT --out NAME`: the envelope file.
+fn seal_with_custody(d: &Daemon, key: &str, input: &Path, name: &str) -> PathBuf {
+    let out = file(d, name);
+    cli_ok(
+        d,
+        &[
+            "envelope",
+            "seal",
+            key,
+            "--in",
+            path_str(input),
+            "--out",
+            path_str(&out),
+        ],
+    );
+    out
+}
+
 fn open_with_custody(d: &Daemon, key: &str, env: &Path, expected: &[u8]) {
     let out = file(d, "opened.bin");
     cli_ok(
@@ -385,19 +403,7 @@ fn envelopes_addressed_to_certificates_open() {
     assert_eq!(cert_thumbprints(&d, "ida", 1).len(), 2);
 
     // `custody envelope seal` to a certified key writes the newest certificate's thumbprint.
-    let sealed = file(&d, "sealed.env");
-    cli_ok(
-        &d,
-        &[
-            "envelope",
-            "seal",
-            "ida",
-            "--in",
-            path_str(&pf),
-            "--out",
-            path_str(&sealed),
-        ],
-    );
+    let sealed = seal_with_custody(&d, "ida", &pf, "sealed.env");
     let (in_env, of_cert) = py_thumbprints(&sealed, &resigned);
     assert_eq!(in_env, of_cert);
     open_with_custody(&d, "ida", &sealed, &plain);
@@ -601,19 +607,7 @@ fn public_only_keys_stand_for_outside_recipients() {
     let plain = random(300);
     let pf = write(&d, "plain.bin", &plain);
     // Sealed to it: the partner opens with its private key (Python).
-    let env = file(&d, "to-partner.env");
-    cli_ok(
-        &d,
-        &[
-            "envelope",
-            "seal",
-            "partner",
-            "--in",
-            path_str(&pf),
-            "--out",
-            path_str(&env),
-        ],
-    );
+    let env = seal_with_custody(&d, "partner", &pf, "to-partner.env");
     let opened = file(&d, "opened.bin");
     py_envelope(&[
         "open",
@@ -644,19 +638,7 @@ fn public_only_keys_stand_for_outside_recipients() {
     ca.issue(&partner.public_pem, &pcert, &[]);
     let k = cli_json(&d, &["keys", "import", "partner", "--in", path_str(&pcert)]);
     assert_eq!(k["current_version"], 2, "{k}");
-    let env2 = file(&d, "to-partner2.env");
-    cli_ok(
-        &d,
-        &[
-            "envelope",
-            "seal",
-            "partner",
-            "--in",
-            path_str(&pf),
-            "--out",
-            path_str(&env2),
-        ],
-    );
+    let env2 = seal_with_custody(&d, "partner", &pf, "to-partner2.env");
     let (in_env, of_cert) = py_thumbprints(&env2, &pcert);
     assert_eq!(in_env, of_cert);
     py_envelope(&[
@@ -673,19 +655,7 @@ fn public_only_keys_stand_for_outside_recipients() {
     assert_eq!(read(&opened), plain);
 
     create_pkcs11(&d, "ida", "rsa2048-oaep");
-    let to_ida = file(&d, "to-ida.env");
-    cli_ok(
-        &d,
-        &[
-            "envelope",
-            "seal",
-            "ida",
-            "--in",
-            path_str(&pf),
-            "--out",
-            path_str(&to_ida),
-        ],
-    );
+    let to_ida = seal_with_custody(&d, "ida", &pf, "to-ida.env");
     let moved = file(&d, "moved.env");
     cli_ok(
         &d,
