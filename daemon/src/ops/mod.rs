@@ -14,6 +14,7 @@ mod keyuse;
 mod public;
 mod rewrap;
 mod sign;
+mod zk;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -305,6 +306,8 @@ mod tests {
                 "envelope.seal" => Some(("key", Value::Text("k".into()))),
                 "rewrap" => Some(("to_key", Value::Text("k".into()))),
                 "keys.cert" => Some(("self_signed", Value::Bool(true))),
+                "keys.adopt" => Some(("label", Value::Text("l".into()))),
+                "zk.share" => Some(("to", Value::Text("k".into()))),
                 _ => None,
             };
             if let (Some((field, value)), Value::Map(m)) = (extra, &mut args) {
