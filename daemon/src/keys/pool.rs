@@ -87,13 +87,16 @@ pub struct PoolSummary {
     pub rotating_to: Option<u32>,
 }
 
+/// Cached pool keys by (pool, index, master version), with the time each was unwrapped.
+type CacheMap = HashMap<(String, u32, u32), (PoolSecret, Instant)>;
+
 /// The optional cache of unwrapped pool keys: bounded in entries and age, off when `cap` is 0.
 /// A trade-off the operator chooses: fewer token operations against pool keys living in daemon
 /// memory for up to `ttl`.
 pub struct KeyCache {
     cap: usize,
     ttl: Duration,
-    map: Mutex<HashMap<(String, u32, u32), (PoolSecret, Instant)>>,
+    map: Mutex<CacheMap>,
 }
 
 impl KeyCache {
@@ -105,9 +108,7 @@ impl KeyCache {
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, u32, u32), (PoolSecret, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheMap> {
         self.map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -230,6 +231,11 @@ impl KeyManager {
             .get(name)
             .cloned()
             .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no zk pool named `{name}`")))
+    }
+
+    /// `not_found` unless the pool exists.
+    pub fn require_pool(&self, name: &str) -> Result<(), OpError> {
+        self.pool(name).map(|_| ())
     }
 
     /// Names of every pool.

@@ -140,6 +140,7 @@ impl Handle for ZkDecrypt {
     async fn handle(ctx: &mut Ctx, a: ZkCryptArgs) -> Result<ZkDecryptResult, OpError> {
         check_request(&a)?;
         ctx.blocking(move |app| {
+            app.keys.require_pool(&a.pool)?;
             let mut out = Vec::with_capacity(a.attributes.len());
             let mut last: Option<(u32, zeroize::Zeroizing<[u8; zk::KEY_LEN]>)> = None;
             for attr in a.attributes {
