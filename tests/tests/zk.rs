@@ -887,7 +887,17 @@ fn adopted_mosip_k9_and_export_keep_mosip_data_decrypting() {
     assert_eq!(s["min_index"], 100, "{s}");
     // New data under the taken-over pool, and K9 rotated (MOSIP could not): old data still opens.
     let (_, fresh) = encrypt(&d, "mosip", "UIN-6", &value);
+    cli_json(&d, &["keys", "rotate", "k9"]);
+    // K9 v1 still wraps the pool: it cannot be retired until the pool moved off it.
+    let m = cli_err(
+        &d,
+        &["keys", "retire", "k9", "--version", "1"],
+        ErrorCode::BadRequest,
+    );
+    assert!(m.contains("zk pool `mosip`"), "{m}");
     cli_json(&d, &["zk", "rotate-master", "mosip"]);
+    cli_json(&d, &["keys", "retire", "k9", "--version", "1"]);
+    cli_json(&d, &["keys", "retire", "k9", "--version", "2"]);
     assert_eq!(decrypt(&d, "mosip", "UIN-5", &legacy), value);
     assert_eq!(decrypt(&d, "mosip", "UIN-6", &fresh), value);
 

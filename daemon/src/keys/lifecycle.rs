@@ -307,6 +307,12 @@ impl KeyManager {
                 user.name
             )));
         }
+        if let Some(pool) = self.pool_using(name, version) {
+            return Err(OpError::bad(format!(
+                "version {version} of `{name}` still wraps keys of zk pool `{pool}`; run \
+                 `zk rotate-master {pool}` first"
+            )));
+        }
         if to == VersionState::Destroyed && !v.adopted && !self.shared_object(&rec, idx) {
             match self
                 .backend(rec.backend)?

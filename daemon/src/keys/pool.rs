@@ -238,6 +238,16 @@ impl KeyManager {
         self.pool(name).map(|_| ())
     }
 
+    /// The first pool with keys wrapped under version `version` of `master`, if any: such a
+    /// master version must stay usable.
+    pub(super) fn pool_using(&self, master: &str, version: u32) -> Option<String> {
+        read(&self.pools.map).values().find_map(|p| {
+            let p = read(p);
+            (p.row.master == master && p.keys.values().any(|k| k.master_version == version))
+                .then(|| p.row.name.clone())
+        })
+    }
+
     /// Names of every pool.
     pub fn pool_names(&self) -> Vec<String> {
         let mut v: Vec<_> = read(&self.pools.map).keys().cloned().collect();
