@@ -267,7 +267,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let b = Bench { rt, daemon, dur };
+    let mut b = Bench { rt, daemon, dur };
     let hsm = b.daemon.hsm().expect("hsm").clone();
     let tcti = b
         .daemon
@@ -667,6 +667,163 @@ fn main() {
             direct: Some(d),
             daemon: x,
             reference: "–",
+        });
+    }
+
+    // MOSIP zero-knowledge pool (cache off): the daemon's pool of 10,000 keys under an HSM
+    // master, one share recipient; the direct path does the same in this process (unwrap the
+    // pool key with the HSM master, derive, AES-GCM, RSA-OAEP share).
+    log("zk pool: init 10,000 keys");
+    {
+        use custody_daemon::format::zk;
+        use custody_daemon::keys::pool::pool_aad;
+        use custody_testkit::proto::ops::{ZkAttribute, ZkCryptArgs, ZkInitArgs, ZkPoolInfo};
+        b.create_key("zk-k9", "aes256", "pkcs11", None);
+        b.create_key("zk-ida", "rsa2048-oaep", "pkcs11", None);
+        let t = Instant::now();
+        let info: ZkPoolInfo = b.call(
+            names::ZK_INIT,
+            &ZkInitArgs {
+                pool: "zk-bench".into(),
+                master: "zk-k9".into(),
+                size: Some(10_000),
+                share_to: Some(vec!["zk-ida".into()]),
+            },
+        );
+        let init_secs = t.elapsed().as_secs_f64();
+        assert_eq!(info.size, 10_000);
+        // The share segments (one RSA-OAEP encryption per pool key and recipient) are made in
+        // the background after `zk.init`: wait for them, so the rows below measure the steady
+        // state and nothing runs beside them.
+        let t = Instant::now();
+        loop {
+            let s: ZkPoolInfo = b.call(
+                names::ZK_SHOW,
+                &custody_testkit::proto::ops::ZkShowArgs {
+                    pool: "zk-bench".into(),
+                    verify: false,
+                },
+            );
+            if s.shares_cached >= 10_000 || t.elapsed() > Duration::from_secs(120) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let warm_secs = t.elapsed().as_secs_f64();
+        rows.push(Row {
+            op: "share segments of 10,000 pool keys for 1 recipient, made after `zk.init` (keys/s; the reference column: seconds)",
+            callers: "background, 2 threads",
+            direct: None,
+            daemon: 10_000.0 / warm_secs,
+            reference: Box::leak(format!("{warm_secs:.2} s").into_boxed_str()),
+        });
+        rows.push(Row {
+            op: "`zk.init` of 10,000 pool keys (keys/s; the reference column: seconds)",
+            callers: "1",
+            direct: None,
+            daemon: 10_000.0 / init_secs,
+            reference: Box::leak(format!("{init_secs:.2} s").into_boxed_str()),
+        });
+        let d_master = p11
+            .create(&new("bench-direct-zk-master", KeyKind::Aes256))
+            .expect("direct master");
+        let m_ref = KeyRef::object(&d_master.backend_ref);
+        let pool_key = [0x17u8; 32];
+        let z_aad = pool_aad("direct", 5, "m", 1);
+        let blob = p11
+            .wrap_secret(&m_ref, &pool_key, &z_aad)
+            .expect("wrap pool key");
+        let ida_spki = b.spki("zk-ida");
+        let direct_share = oaep_wrap(&ida_spki, &pool_key);
+        let value = vec![0x33u8; 1024];
+        let zk_direct = |n: usize| {
+            let k = p11
+                .unwrap_secret(&m_ref, &blob, &z_aad)
+                .expect("unwrap pool key");
+            let k: [u8; 32] = k[..].try_into().expect("32 bytes");
+            let derived = zk::derive(&k, "4827615930");
+            for _ in 0..n {
+                let a = zk::encrypt_attribute(&derived, 5, &value).expect("encrypt");
+                assert_eq!(a.len(), 1024 + zk::OVERHEAD);
+            }
+            // The daemon makes a share segment once per pool key and recipient and reuses it;
+            // so does the direct path.
+            let share = direct_share.clone();
+            assert_eq!(share.len(), 256);
+        };
+        let crypt = |n: usize| ZkCryptArgs {
+            pool: "zk-bench".into(),
+            id: "4827615930".into(),
+            attributes: (0..n)
+                .map(|i| ZkAttribute {
+                    identifier: format!("a{i}"),
+                    value: value.clone(),
+                })
+                .collect(),
+        };
+        log("zk.encrypt 1 KiB, pipelined");
+        let (d, x) = b.pair_depth(2, 2, 16, names::ZK_ENCRYPT, crypt(1), || zk_direct(1));
+        rows.push(Row {
+            op: "`zk.encrypt` 1 × 1 KiB (requests/s; 1 share recipient, pool key cache off)",
+            callers: "2 threads / 2 conns × 16 in flight",
+            direct: Some(d),
+            daemon: x,
+            reference: "MOSIP keymanager: 293 encrypt req/s (1 CPU)",
+        });
+        log("zk.encrypt 16 × 1 KiB, pipelined");
+        let (d, x) = b.pair_depth(2, 2, 8, names::ZK_ENCRYPT, crypt(16), || zk_direct(16));
+        rows.push(Row {
+            op: "`zk.encrypt` batch 16 × 1 KiB (attributes/s)",
+            callers: "2 threads / 2 conns × 8 in flight",
+            direct: Some(d * 16.0),
+            daemon: x * 16.0,
+            reference: "–",
+        });
+        log("zk.decrypt 1 KiB, pipelined");
+        let enc: custody_testkit::proto::ops::ZkEncryptResult =
+            b.call(names::ZK_ENCRYPT, &crypt(1));
+        let d_attr = {
+            let k = p11.unwrap_secret(&m_ref, &blob, &z_aad).expect("unwrap");
+            let k: [u8; 32] = k[..].try_into().expect("32 bytes");
+            zk::encrypt_attribute(&zk::derive(&k, "4827615930"), 5, &value).expect("encrypt")
+        };
+        let (d, x) = b.pair_depth(
+            2,
+            2,
+            16,
+            names::ZK_DECRYPT,
+            ZkCryptArgs {
+                pool: "zk-bench".into(),
+                id: "4827615930".into(),
+                attributes: enc.attributes,
+            },
+            || {
+                let k = p11.unwrap_secret(&m_ref, &blob, &z_aad).expect("unwrap");
+                let k: [u8; 32] = k[..].try_into().expect("32 bytes");
+                let pt =
+                    zk::decrypt_attribute(&zk::derive(&k, "4827615930"), &d_attr).expect("decrypt");
+                assert_eq!(pt.len(), 1024);
+            },
+        );
+        rows.push(Row {
+            op: "`zk.decrypt` 1 × 1 KiB (requests/s, pool key cache off)",
+            callers: "2 threads / 2 conns × 16 in flight",
+            direct: Some(d),
+            daemon: x,
+            reference: "MOSIP keymanager: 144 decrypt req/s (1 CPU)",
+        });
+        log("restart: time to ready with the 10,000-key pool");
+        b.daemon.terminate();
+        let t = Instant::now();
+        b.daemon.spawn();
+        b.daemon.wait_ready(Duration::from_secs(30));
+        let ready = t.elapsed().as_secs_f64();
+        rows.push(Row {
+            op: "custodyd start to ready, registry with a 10,000-key zk pool (starts/s; the reference column: seconds)",
+            callers: "1",
+            direct: None,
+            daemon: 1.0 / ready,
+            reference: Box::leak(format!("{ready:.2} s").into_boxed_str()),
         });
     }
 

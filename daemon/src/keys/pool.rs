@@ -162,10 +162,24 @@ impl KeyCache {
     }
 }
 
-/// Every pool, and the cache of unwrapped pool keys.
+/// Most share segments kept in memory (all pools, all recipients).
+const MAX_SHARES: usize = 1_000_000;
+
+/// Share segments already made, by (pool, index, recipient tag). A segment is the pool key
+/// RSA-OAEP-encrypted to a recipient: not secret (MOSIP sends it in the clear to IDA), costly to
+/// make (an RSA public-key operation), and valid as long as the pool key and the recipient version
+/// are, so each is made once and reused. The tag names the recipient version and thumbprint.
+#[derive(Default)]
+struct ShareCache {
+    map: Mutex<HashMap<(String, u32, String), Arc<str>>>,
+    warming: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Every pool, the cache of unwrapped pool keys, and the share segments made so far.
 pub struct Pools {
     map: RwLock<HashMap<String, Arc<RwLock<Pool>>>>,
     cache: KeyCache,
+    shares: ShareCache,
 }
 
 impl Pools {
@@ -184,6 +198,7 @@ impl Pools {
         Pools {
             map: RwLock::new(map),
             cache: KeyCache::new(0, Duration::ZERO),
+            shares: ShareCache::default(),
         }
     }
 }
@@ -231,6 +246,70 @@ impl KeyManager {
             .get(name)
             .cloned()
             .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no zk pool named `{name}`")))
+    }
+
+    /// A share segment made earlier for this pool index and recipient tag.
+    pub fn share_get(&self, pool: &str, index: u32, tag: &str) -> Option<Arc<str>> {
+        let map = self
+            .pools
+            .shares
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&(pool.to_owned(), index, tag.to_owned())).cloned()
+    }
+
+    /// Keeps a share segment for reuse.
+    pub fn share_put(&self, pool: &str, index: u32, tag: &str, segment: Arc<str>) {
+        let mut map = self
+            .pools
+            .shares
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= MAX_SHARES {
+            map.clear();
+        }
+        map.insert((pool.to_owned(), index, tag.to_owned()), segment);
+    }
+
+    /// Share segments kept for a pool.
+    pub fn shares_cached(&self, pool: &str) -> usize {
+        let map = self
+            .pools
+            .shares
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.keys().filter(|(p, _, _)| p == pool).count()
+    }
+
+    /// Marks a pool's share warm-up as running; false if one already runs.
+    pub fn warming_start(&self, pool: &str) -> bool {
+        self.pools
+            .shares
+            .warming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(pool.to_owned())
+    }
+
+    /// Marks a pool's share warm-up as finished.
+    pub fn warming_done(&self, pool: &str) {
+        self.pools
+            .shares
+            .warming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(pool);
+    }
+
+    /// The indices present in a pool, ascending.
+    pub fn pool_indices(&self, name: &str) -> Result<Vec<u32>, OpError> {
+        let pool = self.pool(name)?;
+        let mut v = read(&pool).order.clone();
+        v.sort_unstable();
+        Ok(v)
     }
 
     /// `not_found` unless the pool exists.

@@ -109,6 +109,11 @@ impl Ctx {
     }
 }
 
+/// Starts making the share segments of every zero-knowledge pool in the background (at start).
+pub fn warm_pools(app: &Arc<App>) {
+    zk::warm_all(app);
+}
+
 /// An operation's handler: runs after the request's arguments decoded and every right the op
 /// declares ([`Op::access`]) was granted, so a handler cannot forget authorization.
 pub(crate) trait Handle: Op {

@@ -8,6 +8,8 @@ use custody_proto::ops::{
     ZkImportMosipResult, ZkImportResult, ZkInit, ZkInitArgs, ZkMasterCount, ZkPoolArgs, ZkPoolInfo,
     ZkRotateMaster, ZkShare, ZkShareArgs, ZkShareResult, ZkShow, ZkShowArgs,
 };
+use std::sync::Arc;
+
 use custody_proto::ErrorCode;
 use zeroize::Zeroize;
 
@@ -37,8 +39,9 @@ impl From<ZkError> for OpError {
     }
 }
 
-fn pool_info(s: PoolSummary) -> ZkPoolInfo {
+fn pool_info(app: &App, s: PoolSummary) -> ZkPoolInfo {
     ZkPoolInfo {
+        shares_cached: app.keys.shares_cached(&s.name) as u64,
         pool: s.name,
         master: s.master,
         size: s.size as u64,
@@ -71,30 +74,122 @@ fn check_request(a: &ZkCryptArgs) -> Result<(), OpError> {
     Ok(())
 }
 
-/// MOSIP's share string for `key`: one segment per recipient of the pool, joined with `.`.
-fn share_string(app: &App, pool: &str, key: &PoolSecret) -> Result<String, OpError> {
+/// The share segment of pool key `index` for the current version of recipient `name`: made once
+/// (an RSA-OAEP encryption), then reused.
+fn segment(
+    app: &App,
+    pool: &str,
+    index: u32,
+    key: &PoolSecret,
+    name: &str,
+    op: &str,
+) -> Result<Arc<str>, OpError> {
+    let k = app
+        .keys
+        .resolve(name, KeyKind::Rsa2048Oaep, op, Selector::Current)?;
+    let thumb = k
+        .record()
+        .recipient_thumbprint()
+        .ok_or_else(|| OpError::internal(format!("no public key recorded for `{name}`")))?;
+    let tag = format!("{name}\0{}\0{}", k.number(), hex::encode(thumb));
+    if let Some(s) = app.keys.share_get(pool, index, &tag) {
+        return Ok(s);
+    }
+    let r = Recipient::version(&k)?;
+    let s: Arc<str> = zk::share_segment(&r.thumbprint, &r.wrap(&key[..])?).into();
+    app.keys.share_put(pool, index, &tag, s.clone());
+    Ok(s)
+}
+
+/// MOSIP's share string for pool key `index`: one segment per recipient of the pool, joined
+/// with `.`.
+fn share_string(app: &App, pool: &str, index: u32, key: &PoolSecret) -> Result<String, OpError> {
     let mut segments = Vec::new();
     for name in app.keys.pool_share_to(pool)? {
-        let r = Recipient::named(app, &name, ZkEncrypt::NAME)?;
-        segments.push(zk::share_segment(&r.thumbprint, &r.wrap(&key[..])?));
+        segments.push(segment(app, pool, index, key, &name, ZkEncrypt::NAME)?);
     }
     Ok(segments.join("."))
+}
+
+/// Makes the share segments of every key of `pool` for its recipients on a background thread
+/// (two workers), so `zk.encrypt` finds them ready. One warm-up per pool at a time; stops at the
+/// first error (the segments are then made on use).
+pub fn warm_shares(app: Arc<App>, pool: String) {
+    let Ok(recipients) = app.keys.pool_share_to(&pool) else {
+        return;
+    };
+    if recipients.is_empty() || !app.keys.warming_start(&pool) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("zk-share-warmup".into())
+        .spawn(move || {
+            let t = std::time::Instant::now();
+            let indices = app.keys.pool_indices(&pool).unwrap_or_default();
+            let chunk = indices.len().div_ceil(2).max(1);
+            let made = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for part in indices.chunks(chunk) {
+                    let (app, pool, recipients, made) = (&app, &pool, &recipients, &made);
+                    s.spawn(move || {
+                        for &i in part {
+                            let key = match app.keys.pool_key(pool, i) {
+                                Ok(k) => k,
+                                Err(e) => {
+                                    tracing::warn!(pool = %pool, "share warm-up stopped: {e}");
+                                    return;
+                                }
+                            };
+                            for r in recipients {
+                                if let Err(e) = segment(app, pool, i, &key, r, ZkInit::NAME) {
+                                    tracing::warn!(pool = %pool, "share warm-up stopped: {e}");
+                                    return;
+                                }
+                            }
+                            made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            app.keys.warming_done(&pool);
+            tracing::info!(
+                pool = %pool,
+                keys = made.into_inner(),
+                ms = t.elapsed().as_millis() as u64,
+                "zk share segments ready"
+            );
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the share warm-up: {e}");
+    }
+}
+
+/// Starts the share warm-up of every pool that has recipients (at daemon start).
+pub fn warm_all(app: &Arc<App>) {
+    for pool in app.keys.pool_names() {
+        warm_shares(app.clone(), pool);
+    }
 }
 
 impl Handle for ZkInit {
     async fn handle(ctx: &mut Ctx, a: ZkInitArgs) -> Result<ZkPoolInfo, OpError> {
         let size = a.size.unwrap_or(DEFAULT_POOL_SIZE);
-        let s = ctx
-            .blocking_keygen(move |app| app.keys.pool_init(&a.pool, &a.master, size, a.share_to))
+        let pool = a.pool.clone();
+        let info = ctx
+            .blocking_keygen(move |app| {
+                let s = app.keys.pool_init(&a.pool, &a.master, size, a.share_to)?;
+                Ok(pool_info(app, s))
+            })
             .await?;
-        Ok(pool_info(s))
+        warm_shares(ctx.app.clone(), pool);
+        Ok(info)
     }
 }
 
 impl Handle for ZkShow {
     async fn handle(ctx: &mut Ctx, a: ZkShowArgs) -> Result<ZkPoolInfo, OpError> {
         ctx.blocking_keygen(move |app| {
-            let mut info = pool_info(app.keys.pool_summary(&a.pool)?);
+            let mut info = pool_info(app, app.keys.pool_summary(&a.pool)?);
             if a.verify {
                 let (ok, failed) = app.keys.pool_verify(&a.pool)?;
                 info.verified = Some(ok as u64);
@@ -123,7 +218,7 @@ impl Handle for ZkEncrypt {
                     value: value?,
                 });
             }
-            let share = share_string(app, &a.pool, &key)?;
+            let share = share_string(app, &a.pool, index, &key)?;
             Ok(ZkEncryptResult {
                 index,
                 share,
@@ -254,7 +349,7 @@ impl Handle for ZkRotateMaster {
     async fn handle(ctx: &mut Ctx, a: ZkPoolArgs) -> Result<ZkPoolInfo, OpError> {
         ctx.blocking_keygen(move |app| {
             let n = app.keys.pool_rotate_master(&a.pool)?;
-            let mut info = pool_info(app.keys.pool_summary(&a.pool)?);
+            let mut info = pool_info(app, app.keys.pool_summary(&a.pool)?);
             info.rewrapped = Some(n as u64);
             Ok(info)
         })

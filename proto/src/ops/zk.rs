@@ -77,6 +77,10 @@ pub struct ZkPoolInfo {
     /// `zk.show` with `verify`: indices whose key did not unwrap (at most 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<Vec<u32>>,
+    /// Share segments the daemon holds ready for this pool (made once per pool index and
+    /// recipient version, then reused; `zk.init` makes them in the background).
+    #[serde(default)]
+    pub shares_cached: u64,
     /// `zk.rotate-master`: keys re-wrapped by this call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrapped: Option<u64>,
