@@ -63,11 +63,11 @@ enum Cmd {
     /// idOS nacl.box: seal, open, reencrypt (access grants), derive (password keys).
     #[command(subcommand, name = "box")]
     Box(box_::Cmd),
-    /// Operate the daemon (backup).
     /// MOSIP's zero-knowledge key pool: init, encrypt/decrypt attributes, share and import
     /// pool keys, rotate the master, import a MOSIP export.
     #[command(subcommand)]
     Zk(zk::Cmd),
+    /// Operate the daemon (backup).
     #[command(subcommand)]
     Admin(admin::Cmd),
     /// Write the man page and shell completions into DIR (for packaging).
