@@ -5,7 +5,7 @@ CARGO ?= cargo
 DEV ?= $(CURDIR)/target/dev
 APT_PACKAGES := swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc pkg-config openssl util-linux faketime systemd lintian dpkg-dev
 
-.PHONY: deps build test lint demo dev dev-stop bench clean-dev deb fuzz faults
+.PHONY: deps build test lint demo dev dev-stop bench clean-dev deb fuzz faults soak
 
 ## deps: install missing system packages (apt), the Python interop libraries (pip: cryptography, PyNaCl) and cargo-deb
 deps:
@@ -68,6 +68,10 @@ bench: build
 ## fuzz: every cargo-fuzz target for FUZZ_SECS seconds (default 60) on its committed corpus; `make test` replays the corpora
 fuzz: deps
 	@scripts/fuzz.sh
+
+## soak: 64 clients under three uids, every op, admin changes, SOAK_SECS (default 600) seconds; report in target/soak/report.json (`make test` runs 60 s)
+soak: build
+	SOAK_SECS=$${SOAK_SECS:-600} $(CARGO) test --locked -p custody-e2e --test soak -- --nocapture
 
 ## faults: kill -9 during every admin change, FAULT_TRIALS (default 20) trials each (`make test` runs 5)
 faults: build

@@ -74,14 +74,33 @@ impl Worker {
 
     /// Probes the TPM with GetRandom.
     pub fn op_health(&mut self) -> Health {
+        /// First handle of the transient range (TPM_HT_TRANSIENT).
+        const TRANSIENT_FIRST: u32 = 0x8000_0000;
         let res = self.ctx().and_then(|ctx| {
             ctx.execute_without_session(|c| c.get_random(8))
-                .map_err(|e| BackendError::Unavailable(describe(&e)))
+                .map_err(|e| BackendError::Unavailable(describe(&e)))?;
+            // Objects loaded in the TPM's transient slots now: a leak shows here.
+            Ok(ctx
+                .execute_without_session(|c| {
+                    c.get_capability(
+                        tss_esapi::constants::CapabilityType::Handles,
+                        TRANSIENT_FIRST,
+                        64,
+                    )
+                })
+                .ok()
+                .and_then(|(data, _)| match data {
+                    tss_esapi::structures::CapabilityData::Handles(h) => Some(h.len()),
+                    _ => None,
+                }))
         });
         match res {
-            Ok(_) => Health {
+            Ok(transient) => Health {
                 ok: true,
-                detail: format!("TPM 2.0 via {}", self.tcti()),
+                detail: match transient {
+                    Some(n) => format!("TPM 2.0 via {}: {n} transient objects loaded", self.tcti()),
+                    None => format!("TPM 2.0 via {}", self.tcti()),
+                },
             },
             Err(e) => {
                 if let BackendError::Unavailable(_) = e {
