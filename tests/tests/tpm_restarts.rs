@@ -275,3 +275,128 @@ fn fresh_swtpm_state_gets_short_da_parameters_once() {
     assert!(st.orderly, "restart without a TPM user: {st:?}");
     t.stop();
 }
+
+/// The TPM backend's line in `status`.
+fn tpm_status(d: &Daemon) -> String {
+    status_backend(d, "tpm")["detail"]
+        .as_str()
+        .expect("detail")
+        .to_owned()
+}
+
+/// A TPM driven into dictionary-attack lockout by unclean power cycles after DA-protected keys
+/// were used: `status` shows the counter, the maximum and the lockout; `machine-sign` is
+/// `backend_unavailable` naming the lockout; after the administrator clears it with the lockout
+/// authorization (`tpm2_dictionarylockout --clear-lockout`) signing works again with the same key.
+#[test]
+fn unclean_power_cycles_lock_the_tpm_out_and_status_reports_it() {
+    let mut d = DaemonBuilder::new()
+        .with_tpm()
+        .extra(MACHINE_SIGN)
+        .prepare();
+    let tcti = d.swtpm().expect("swtpm").tcti().to_owned();
+    // Two failures lock it out; nothing heals during the test.
+    let out = run_with_timeout(
+        Command::new("tpm2_dictionarylockout")
+            .args([
+                "--setup-parameters",
+                "--max-tries=2",
+                "--recovery-time=600",
+                "--lockout-recovery-time=600",
+            ])
+            .env("TPM2TOOLS_TCTI", &tcti)
+            .env("TSS2_LOG", "all+none"),
+        30 * SEC,
+    );
+    assert!(
+        out.status.success(),
+        "tpm2_dictionarylockout: {}",
+        text(&out)
+    );
+    d.spawn();
+    d.wait_ready(READY_TIMEOUT);
+    let pem = d.dir().join("pub.pem");
+    let out = d.cli(&[
+        "keys",
+        "public",
+        "machine-sign",
+        "--format",
+        "pem",
+        "--out",
+        path_str(&pem),
+    ]);
+    assert!(out.status.success(), "keys public: {}", text(&out));
+    sign_and_verify(&d, "before");
+    let s = tpm_status(&d);
+    assert!(
+        s.contains("dictionary attack: 0 of 2 failures, lockout no"),
+        "{s}"
+    );
+
+    let mut locked = false;
+    for cycle in 1..=4 {
+        assert_eq!(d.terminate().code(), Some(0));
+        // Power off without TPM2_Shutdown: what a power loss does to a real TPM.
+        let port = d.swtpm().expect("swtpm").port();
+        let off = run_with_timeout(
+            Command::new("swtpm_ioctl").args(["--tcp", &format!("127.0.0.1:{}", port + 1), "-s"]),
+            30 * SEC,
+        );
+        assert!(off.status.success(), "swtpm_ioctl -s: {}", text(&off));
+        std::thread::sleep(SEC / 2);
+        d.swtpm().expect("swtpm").start_again();
+        d.restart();
+        let s = tpm_status(&d);
+        let r = d.cli(&[
+            "sign",
+            "machine-sign",
+            "--in",
+            path_str(&pem),
+            "--out",
+            "/dev/null",
+        ]);
+        if s.contains("lockout YES") {
+            assert!(s.contains("of 2 failures"), "{s}");
+            assert_eq!(
+                r.status.code(),
+                Some(exit_code_of(proto::ErrorCode::BackendUnavailable)),
+                "cycle {cycle}: {}",
+                text(&r)
+            );
+            assert!(
+                text(&r).contains("dictionary-attack lockout"),
+                "{}",
+                text(&r)
+            );
+            locked = true;
+            break;
+        }
+        assert!(
+            r.status.success(),
+            "cycle {cycle}, not locked ({s}): {}",
+            text(&r)
+        );
+    }
+    assert!(
+        locked,
+        "four unclean power cycles did not lock the TPM out: {}",
+        tpm_status(&d)
+    );
+
+    // Recovery: the administrator clears the lockout (the daemon is stopped so the tool can
+    // reach the simulator's single connection; a real TPM's resource manager needs no stop).
+    assert_eq!(d.terminate().code(), Some(0));
+    let tcti = d.swtpm().expect("swtpm").tcti().to_owned();
+    let out = run_with_timeout(
+        Command::new("tpm2_dictionarylockout")
+            .arg("--clear-lockout")
+            .env("TPM2TOOLS_TCTI", &tcti)
+            .env("TSS2_LOG", "all+none"),
+        30 * SEC,
+    );
+    assert!(out.status.success(), "clear-lockout: {}", text(&out));
+    d.restart();
+    let s = tpm_status(&d);
+    assert!(s.contains("0 of 2 failures, lockout no"), "{s}");
+    sign_and_verify(&d, "after-clear");
+}

@@ -91,7 +91,15 @@ pub fn describe(e: &tss_esapi::Error) -> String {
 
 /// Default mapping of a TSS error raised while doing `what`.
 pub fn map(what: &str, e: &tss_esapi::Error) -> BackendError {
-    let msg = format!("{what}: {}", describe(e));
+    let mut msg = format!("{what}: {}", describe(e));
+    if matches!(classify(e), Class::Tpm(Some(Tss2ResponseCodeKind::Lockout))) {
+        msg.push_str(
+            " — the TPM is in dictionary-attack lockout: it refuses keys protected against \
+             dictionary attacks (MOSIP's templates) until it forgets failures (see `custody \
+             status`: counter, lockout interval and recovery) or an administrator clears it \
+             with the lockout authorization (`tpm2_dictionarylockout --clear-lockout`)",
+        );
+    }
     match classify(e) {
         Class::Transport => BackendError::Unavailable(msg),
         Class::Tpm(Some(

@@ -79,8 +79,23 @@ impl Worker {
         let res = self.ctx().and_then(|ctx| {
             ctx.execute_without_session(|c| c.get_random(8))
                 .map_err(|e| BackendError::Unavailable(describe(&e)))?;
+            // Dictionary-attack state: a TPM in lockout refuses every DA-protected key
+            // (MOSIP's templates are) until it recovers or is cleared.
+            let da = ctx
+                .execute_without_session(|c| {
+                    c.get_capability(
+                        tss_esapi::constants::CapabilityType::TpmProperties,
+                        tss_esapi::constants::PropertyTag::Permanent.into(),
+                        18,
+                    )
+                })
+                .ok()
+                .and_then(|(data, _)| match data {
+                    tss_esapi::structures::CapabilityData::TpmProperties(p) => Some(da_line(&p)),
+                    _ => None,
+                });
             // Objects loaded in the TPM's transient slots now: a leak shows here.
-            Ok(ctx
+            let transient = ctx
                 .execute_without_session(|c| {
                     c.get_capability(
                         tss_esapi::constants::CapabilityType::Handles,
@@ -92,16 +107,21 @@ impl Worker {
                 .and_then(|(data, _)| match data {
                     tss_esapi::structures::CapabilityData::Handles(h) => Some(h.len()),
                     _ => None,
-                }))
+                });
+            Ok((da, transient))
         });
         match res {
-            Ok(transient) => Health {
-                ok: true,
-                detail: match transient {
-                    Some(n) => format!("TPM 2.0 via {}: {n} transient objects loaded", self.tcti()),
-                    None => format!("TPM 2.0 via {}", self.tcti()),
-                },
-            },
+            Ok((da, transient)) => {
+                let mut detail = format!("TPM 2.0 via {}", self.tcti());
+                if let Some(da) = da {
+                    detail.push_str(&format!("; {da}"));
+                }
+                // Last, as `…: N transient objects loaded`.
+                if let Some(n) = transient {
+                    detail.push_str(&format!(": {n} transient objects loaded"));
+                }
+                Health { ok: true, detail }
+            }
             Err(e) => {
                 if let BackendError::Unavailable(_) = e {
                     self.disconnect();
@@ -397,4 +417,26 @@ fn tpm_label(label: &[u8]) -> Result<Data, BackendError> {
     }
     Data::try_from(label.to_vec())
         .map_err(|_| BackendError::BadInput(format!("OAEP label too long ({} bytes)", label.len())))
+}
+
+/// `dictionary attack: N of M failures, lockout no|yes (one failure forgotten every Is,
+/// lockout recovery Rs)` from the TPM's variable properties.
+fn da_line(p: &tss_esapi::structures::TaggedTpmPropertyList) -> String {
+    use tss_esapi::constants::PropertyTag;
+    let get = |t: PropertyTag| p.find(t).map(|x| x.value());
+    // TPMA_PERMANENT bit 9: inLockout.
+    let locked = get(PropertyTag::Permanent).map(|v| v & (1 << 9) != 0);
+    format!(
+        "dictionary attack: {} of {} failures, lockout {} (one failure forgotten every {} s, \
+         lockout recovery {} s)",
+        get(PropertyTag::LockoutCounter).map_or("?".into(), |v| v.to_string()),
+        get(PropertyTag::MaxAuthFail).map_or("?".into(), |v| v.to_string()),
+        match locked {
+            Some(true) => "YES",
+            Some(false) => "no",
+            None => "?",
+        },
+        get(PropertyTag::LockoutInterval).map_or("?".into(), |v| v.to_string()),
+        get(PropertyTag::LockoutRecovery).map_or("?".into(), |v| v.to_string()),
+    )
 }
