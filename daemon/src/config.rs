@@ -42,8 +42,13 @@ pub struct ServerConfig {
     pub socket: PathBuf,
     /// Socket file mode, octal string.
     pub socket_mode: String,
-    /// Simultaneous connections; more are answered `busy` and closed.
+    /// Simultaneous connections of callers with a role; more are answered `busy` and closed.
     pub max_connections: usize,
+    /// Simultaneous connections of one uid (with a role or not); more are answered `busy`.
+    pub max_connections_per_uid: usize,
+    /// Bytes all connections together may hold in frames still arriving; a frame that does not
+    /// fit into what is left is answered `busy` and its connection closed.
+    pub max_buffered_bytes: u64,
     /// Requests processed at once per connection; the next is read when one finishes.
     pub max_in_flight: usize,
     /// Largest frame body accepted, bytes.
@@ -66,6 +71,8 @@ impl Default for ServerConfig {
             socket: PathBuf::from("/run/custodyd/custodyd.sock"),
             socket_mode: "0660".into(),
             max_connections: 1024,
+            max_connections_per_uid: 256,
+            max_buffered_bytes: 256 * 1024 * 1024,
             max_in_flight: 64,
             max_frame: custody_proto::DEFAULT_MAX_FRAME,
             idle_timeout_secs: 300,
@@ -311,6 +318,10 @@ impl Config {
         }
         for (key, v) in [
             ("server.max_connections", s.max_connections as u64),
+            (
+                "server.max_connections_per_uid",
+                s.max_connections_per_uid as u64,
+            ),
             ("server.max_in_flight", s.max_in_flight as u64),
             ("server.max_frame", u64::from(s.max_frame)),
             ("server.idle_timeout_secs", s.idle_timeout_secs),
@@ -323,6 +334,17 @@ impl Config {
         }
         if s.max_frame < 1024 {
             return Err(bad("server.max_frame", "must be at least 1024".into()));
+        }
+        if s.max_buffered_bytes < u64::from(s.max_frame)
+            || s.max_buffered_bytes > u64::from(u32::MAX)
+        {
+            return Err(bad(
+                "server.max_buffered_bytes",
+                format!(
+                    "must be at least server.max_frame ({}) and below 4 GiB",
+                    s.max_frame
+                ),
+            ));
         }
         if let Some(p) = &self.pkcs11 {
             if p.pin_file.is_none() && p.pin_env.is_none() {

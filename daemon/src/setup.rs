@@ -36,6 +36,45 @@ pub fn harden_process() {
     lock_memory();
 }
 
+/// File descriptors kept for everything but client connections: the listening socket, the
+/// TPM, PKCS#11 sessions, the registry, the audit file, blocking threads' files.
+pub const FD_RESERVE: u64 = 64;
+
+/// Raises the open-file limit to its hard limit and checks that `server.max_connections` (plus
+/// one uid's quota of connections without a role, plus [`FD_RESERVE`] and the PKCS#11 sessions)
+/// fits under it: otherwise accept would hit EMFILE and the token and the registry could not
+/// open files. Returns the limit now in force.
+pub fn raise_fd_limit(cfg: &Config, path: &Path) -> Result<u64, String> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
+    let limit = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!("could not raise RLIMIT_NOFILE from {soft} to {hard}: {e}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let s = &cfg.server;
+    let sessions = cfg.pkcs11.as_ref().map_or(0, |p| p.max_sessions as u64);
+    let need = s.max_connections as u64 + s.max_connections_per_uid as u64 + FD_RESERVE + sessions;
+    if need > limit {
+        return Err(format!(
+            "{}: key `server.max_connections`: {} connections + {} per uid + {} reserved \
+             descriptors need {need} open files, but the limit (RLIMIT_NOFILE, the unit's \
+             LimitNOFILE) is {limit}: raise the limit or lower max_connections",
+            path.display(),
+            s.max_connections,
+            s.max_connections_per_uid,
+            FD_RESERVE + sessions
+        ));
+    }
+    Ok(limit)
+}
+
 /// Locks every page of the process, present and future, as it is first touched
 /// (`mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`), so PINs, unwrapped software keys and
 /// plaintexts never reach swap. Only with an unlimited RLIMIT_MEMLOCK (the unit's

@@ -21,6 +21,8 @@ pub struct App {
     pub config_path: PathBuf,
     /// Roles in force; swapped whole on SIGHUP.
     policy: RwLock<Arc<Policy>>,
+    /// Bumped by every policy reload: connections look their caller's groups up again.
+    generation: AtomicU64,
     /// Audit sink.
     pub audit: AuditLog,
     /// Request counters.
@@ -44,6 +46,7 @@ impl App {
             config,
             config_path,
             policy: RwLock::new(Arc::new(policy)),
+            generation: AtomicU64::new(0),
             audit,
             stats: Stats::default(),
             keys,
@@ -59,6 +62,11 @@ impl App {
         }
     }
 
+    /// The number of policy reloads so far.
+    pub fn policy_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Re-reads the config file and replaces the policy; on any error the old policy stays.
     pub fn reload_policy(&self) -> Result<(), String> {
         crate::setup::check_file_trusted(&self.config_path, "config file")?;
@@ -70,6 +78,7 @@ impl App {
             Ok(mut g) => *g = Arc::new(policy),
             Err(p) => *p.into_inner() = Arc::new(policy),
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!("policy reloaded: {n} roles");
         Ok(())
     }

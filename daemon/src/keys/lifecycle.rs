@@ -124,6 +124,23 @@ impl KeyManager {
                 format!("key `{}` already exists", spec.name),
             ));
         }
+        // The TPM derives one key per MOSIP template whatever the name: a second name for it
+        // would hand the machine's key to whoever may use that name. The refusal names no key.
+        if spec.template == Template::Mosip
+            && self
+                .list()
+                .iter()
+                .any(|k| k.template == Template::Mosip && k.kind == spec.kind)
+        {
+            return Err(OpError::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "a {} key with the mosip template already exists: the TPM holds one key per \
+                     MOSIP template",
+                    spec.kind
+                ),
+            ));
+        }
         let mut rec = KeyRecord {
             name: spec.name.clone(),
             kind: spec.kind,

@@ -1,0 +1,236 @@
+//! Issue 11: the findings of the adversarial review, one regression test each (each failed
+//! before its fix), against the real daemon, swtpm and SoftHSM.
+
+use std::time::Duration;
+
+use custody_testkit::proto::ErrorCode;
+use custody_testkit::*;
+
+/// Root may create and list keys named `tenant-*` only.
+const TENANT_ADMIN: &str = r#"[[roles]]
+name = "tenant-admin"
+unix_users = [0]
+ops = ["keys.create", "keys.list", "keys.show", "keys.public"]
+keys = ["tenant-*"]
+"#;
+
+/// Finding 1: the TPM derives one key per MOSIP template whatever the name, so a second
+/// MOSIP-template key of a kind would be the machine's key (K10, the machine encryption key)
+/// under a name the key-name globs let a scoped admin use. It is refused, naming no key.
+#[test]
+fn second_mosip_template_key_is_refused() {
+    let mut d = tpm_builder().roles(TENANT_ADMIN).start();
+    for kind in ["rsa2048-sign", "rsa2048-oaep"] {
+        let msg = cli_err(
+            &d,
+            &[
+                "keys",
+                "create",
+                "tenant-k10",
+                "--kind",
+                kind,
+                "--backend",
+                "tpm",
+                "--template",
+                "mosip",
+            ],
+            ErrorCode::AlreadyExists,
+        );
+        assert!(!msg.contains("machine-"), "{msg}");
+        assert!(msg.contains("mosip"), "{msg}");
+    }
+    // Nothing was recorded; a default-template TPM key under that name is fine.
+    cli_err(&d, &["keys", "show", "tenant-k10"], ErrorCode::NotFound);
+    cli_ok(
+        &d,
+        &[
+            "keys",
+            "create",
+            "tenant-k10",
+            "--kind",
+            "rsa2048-sign",
+            "--backend",
+            "tpm",
+        ],
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// A daemon whose socket every user can reach (the roleless tests connect as `nobody`).
+fn open_socket() -> DaemonBuilder {
+    DaemonBuilder::new()
+        .dir_mode(0o755)
+        .server(&["socket_mode = \"0666\""])
+}
+
+fn nobody() -> (u32, u32) {
+    let u = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// Helper process (run as another user by the tests below): opens `SEC_CONNS` connections to
+/// `SEC_SOCKET`, sends `hello` on each, prints `holding N`, and keeps them until stdin closes.
+#[test]
+#[ignore]
+fn helper_hold_connections() {
+    use std::io::Read;
+    let Ok(socket) = std::env::var("SEC_SOCKET") else {
+        return;
+    };
+    let n: usize = std::env::var("SEC_CONNS").unwrap().parse().unwrap();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..n {
+        match RawConn::connect(std::path::Path::new(&socket)) {
+            Ok(mut c) => {
+                let _ = c.send_hello(proto::PROTOCOL_VERSION);
+                held.push(c);
+            }
+            Err(e) => panic!("connect #{}: {e}", held.len()),
+        }
+    }
+    println!("holding {}", held.len());
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+}
+
+/// Finding 2: a uid with no role holding 2,000 connections does not stop an authorized client.
+/// Before: one global limit of 1,024 connections for everyone, and the 1,025th was `busy`.
+#[test]
+fn roleless_uid_with_2000_connections_does_not_lock_out_a_role() {
+    let mut d = open_socket().start();
+    let (uid, gid) = nobody();
+    let socket = d.socket().to_string_lossy().into_owned();
+    let mut h = HelperAs::spawn(
+        "helper_hold_connections",
+        uid,
+        gid,
+        &[("SEC_SOCKET", &socket), ("SEC_CONNS", "2000")],
+    );
+    assert_eq!(h.line("holding"), "2000");
+    // The roleless connections are open (or refused `busy` past the uid's quota): root is served.
+    for _ in 0..3 {
+        cli_ok(&d, &["ping"]);
+    }
+    let st: proto::ops::StatusResult = d
+        .client()
+        .call_untyped(proto::ops::names::STATUS, &proto::ops::StatusArgs {})
+        .unwrap();
+    assert!(st.connections <= 257, "{}", st.connections);
+    h.finish();
+    d.assert_running();
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// Finding 2: a connection of a uid with no role is answered `hello` and one request (refused,
+/// audited), then closed; it never waits for more.
+#[test]
+fn roleless_connection_is_closed_after_one_request() {
+    let mut d = open_socket().start();
+    let (_, out) = d.cli_as("nobody", "nogroup", &["ping"]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    assert!(d
+        .audit_lines()
+        .iter()
+        .any(|l| l["uid"] == 65534 && l["outcome"] == "permission_denied"));
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// Finding 2: empty frames do not keep a connection alive past the idle timeout.
+#[test]
+fn empty_frames_do_not_reset_the_idle_timer() {
+    let mut d = DaemonBuilder::new()
+        .server(&["idle_timeout_secs = 2"])
+        .start();
+    let mut c = d.raw();
+    assert!(c.hello().unwrap().result.is_ok());
+    let start = std::time::Instant::now();
+    let closed = loop {
+        if start.elapsed() > Duration::from_secs(8) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        if c.send_bytes(&[0, 0, 0, 0]).is_err() {
+            break true;
+        }
+        match c.read(Duration::from_secs(3)) {
+            Reply::Frame(r) => assert_eq!(err_code(&r), Some(ErrorCode::BadRequest), "{r:?}"),
+            Reply::Closed => break true,
+            Reply::Timeout => panic!("no answer to an empty frame"),
+        }
+    };
+    assert!(closed, "a connection sending only empty frames stayed open");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// Finding 2: the bytes all connections buffer in frames still arriving are bounded
+/// (`server.max_buffered_bytes`): a frame that does not fit is answered `busy`.
+#[test]
+fn partial_frames_share_one_byte_budget() {
+    let mut d = DaemonBuilder::new()
+        .server(&[
+            "max_frame = 65536",
+            "max_buffered_bytes = 135168",
+            "frame_timeout_secs = 2",
+        ])
+        .start();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut c = d.raw();
+        assert!(c.hello().unwrap().result.is_ok());
+        c.send_bytes(&65536u32.to_be_bytes()).unwrap();
+        c.send_bytes(&[0u8; 100]).unwrap();
+        stalled.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = d.raw();
+    assert!(third.hello().unwrap().result.is_ok());
+    third.send_bytes(&65536u32.to_be_bytes()).unwrap();
+    match third.read(Duration::from_secs(6)) {
+        Reply::Frame(r) => assert_eq!(err_code(&r), Some(ErrorCode::Busy), "{r:?}"),
+        other => panic!("expected busy, got {other:?}"),
+    }
+    // Small requests still fit.
+    cli_ok(&d, &["ping"]);
+    // The stalled frames time out and give their bytes back: a large frame fits again.
+    for mut c in stalled {
+        assert!(matches!(c.read(Duration::from_secs(6)), Reply::Closed));
+    }
+    let mut fourth = d.raw();
+    assert!(fourth.hello().unwrap().result.is_ok());
+    let big = request_body(7, proto::ops::names::PING, &ping_args(&[7u8; 60_000]));
+    fourth.send_frame(&big).unwrap();
+    match fourth.read(Duration::from_secs(6)) {
+        // Read whole and answered (ping data is limited, the frame was not).
+        Reply::Frame(r) => assert_eq!(
+            (r.id, err_code(&r)),
+            (7, Some(ErrorCode::BadRequest)),
+            "{r:?}"
+        ),
+        other => panic!("expected the request's answer, got {other:?}"),
+    }
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// Finding 2: `max_connections` must fit under the open-file limit (raised to its hard limit at
+/// start), or accept would hit EMFILE and the token and registry could not open files.
+#[test]
+fn max_connections_above_the_fd_limit_is_refused() {
+    let d = DaemonBuilder::new()
+        .server(&["max_connections = 100000000"])
+        .prepare();
+    let out = d.run_to_exit(Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("server.max_connections") && err.contains("RLIMIT_NOFILE"),
+        "{err}"
+    );
+}
