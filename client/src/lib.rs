@@ -17,6 +17,8 @@ use tokio::sync::oneshot;
 
 pub use custody_proto as proto;
 
+pub mod audit;
+
 /// Default socket path when neither `--socket` nor `$CUSTODY_SOCKET` is given.
 pub const DEFAULT_SOCKET: &str = "/run/custodyd/custodyd.sock";
 

@@ -112,12 +112,46 @@ pub struct StorageConfig {
 }
 
 /// `[audit]`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
-    /// Append JSON lines to this file (mode 0640). Absent: lines go to the log (journal) under
-    /// the tracing target `audit`.
+    /// Append hash-chained JSON lines to this file (mode 0640). Absent: lines go to the log
+    /// (journal) under the tracing target `audit`, unchained.
     pub file: Option<PathBuf>,
+    /// Refuse an op (`internal`, "audit unavailable") whose audit line cannot be written.
+    pub required: bool,
+    /// When the file is synced to disk.
+    pub sync: AuditSync,
+    /// A signed checkpoint line after this many lines (and at shutdown).
+    pub checkpoint_every: u64,
+    /// The key that signs checkpoints (`rsa2048-sign` or `ed25519`, in the TPM or HSM); none:
+    /// the chain has no checkpoints.
+    pub sign_key: Option<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            file: None,
+            required: true,
+            sync: AuditSync::default(),
+            checkpoint_every: 1000,
+            sign_key: None,
+        }
+    }
+}
+
+/// `audit.sync`: when audit lines are made durable (fdatasync).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSync {
+    /// After every line, before the op is answered.
+    Every,
+    /// After every checkpoint and at shutdown.
+    #[default]
+    Checkpoint,
+    /// Left to the kernel.
+    None,
 }
 
 /// `[tpm]`.
@@ -345,6 +379,15 @@ impl Config {
                     s.max_frame
                 ),
             ));
+        }
+        if self.audit.checkpoint_every == 0 {
+            return Err(bad(
+                "audit.checkpoint_every",
+                "must be greater than 0".into(),
+            ));
+        }
+        if let Some(k) = &self.audit.sign_key {
+            validate_key_name(k).map_err(|m| bad("audit.sign_key", m))?;
         }
         if let Some(p) = &self.pkcs11 {
             if p.pin_file.is_none() && p.pin_env.is_none() {

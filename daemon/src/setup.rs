@@ -240,7 +240,7 @@ pub fn backends(cfg: &Config, path: &Path) -> Result<Vec<Arc<dyn Backend>>, Stri
 /// creates the declared keys that are missing.
 pub fn build(cfg: Config, path: &Path) -> Result<App, String> {
     let policy = Policy::from_config(&cfg.roles).map_err(|e| format!("{}: {e}", path.display()))?;
-    let audit = AuditLog::open(cfg.audit.file.as_deref()).map_err(|e| {
+    let audit = AuditLog::open(&cfg.audit).map_err(|e| {
         format!(
             "{}: key `audit.file`: cannot open {}: {e}",
             path.display(),

@@ -81,4 +81,4 @@ pub use raw::{
 };
 pub use secrets::{assert_no_secrets, secret_forms};
 pub use swtpm::Swtpm;
-pub use system::{chown_tree, ensure_system_user, Account};
+pub use system::{chown_tree, ensure_system_user, Account, Tmpfs};

@@ -50,6 +50,10 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
                 }
             },
             _ = hup.recv() => {
+                // A rotated audit file: the chain continues in a new file at the configured path.
+                if let Err(e) = app.audit.reopen() {
+                    tracing::error!("audit file not reopened: {e}");
+                }
                 // User and group names are looked up (NSS) off the runtime threads.
                 let a = app.clone();
                 match tokio::task::spawn_blocking(move || a.reload_policy()).await {
@@ -80,6 +84,8 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
     {
         tracing::warn!("drain timed out after {drain}s; exiting with requests in flight");
     }
+    let a = app.clone();
+    let _ = tokio::task::spawn_blocking(move || a.audit_checkpoint()).await;
     tracing::info!("stopped");
     Ok(())
 }

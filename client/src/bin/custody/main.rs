@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audit;
 mod basic;
 mod box_;
 mod certs;
@@ -65,6 +66,9 @@ enum Cmd {
     /// Operate the daemon (backup).
     #[command(subcommand)]
     Admin(admin::Cmd),
+    /// Check an audit file's hash chain and checkpoint signatures (offline: no daemon needed).
+    #[command(subcommand)]
+    Audit(audit::Cmd),
     /// Write the man page and shell completions into DIR (for packaging).
     #[command(hide = true)]
     GenerateAssets {
@@ -107,6 +111,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    let cli = match cli.cmd {
+        Cmd::Audit(cmd) => return ExitCode::from(audit::run(cli.json, cmd)),
+        cmd => Cli { cmd, ..cli },
+    };
     let socket = cli
         .socket
         .clone()
@@ -146,7 +154,7 @@ fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
         Cmd::Envelope(cmd) => envelope::run(c, json, cmd),
         Cmd::Box(cmd) => box_::run(c, json, cmd),
         Cmd::Admin(cmd) => admin::run(c, json, cmd),
-        Cmd::GenerateAssets { .. } => Ok(()),
+        Cmd::GenerateAssets { .. } | Cmd::Audit(_) => Ok(()),
     }
 }
 
@@ -170,7 +178,8 @@ fn generate_assets(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Reports a failure: `custody: CODE: message` on stderr, or a JSON error object on stdout.
-fn report(json: bool, code: &str, message: &str) {
+/// Prints a failure: `custody: CODE: MESSAGE` on stderr, or `{"error": …}` on stdout with `--json`.
+pub(crate) fn report(json: bool, code: &str, message: &str) {
     if json {
         println!("{}", json!({"error": {"code": code, "message": message}}));
     } else {
