@@ -234,3 +234,129 @@ fn max_connections_above_the_fd_limit_is_refused() {
         "{err}"
     );
 }
+
+/// Helper process (run as another user): pings on one connection, prints `first CODE`, waits
+/// for a line on stdin, pings again on the same connection, prints `second CODE` (`ok` or the
+/// error code).
+#[test]
+#[ignore]
+fn helper_ping_twice() {
+    let Ok(socket) = std::env::var("SEC_SOCKET") else {
+        return;
+    };
+    let c = BlockingClient::connect(std::path::Path::new(&socket)).unwrap();
+    let ping = || -> String {
+        match c.call_untyped::<_, proto::ops::PingResult>(proto::ops::names::PING, &ping_args(b"x"))
+        {
+            Ok(_) => "ok".into(),
+            Err(e) => server_code(e).as_str().to_owned(),
+        }
+    };
+    println!("first {}", ping());
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    println!("second {}", ping());
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = run_with_timeout(
+        std::process::Command::new(cmd).args(args),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{cmd} {args:?}: {}", stderr(&out));
+}
+
+/// Finding 5: group membership is looked up again after a reload: a member removed from the
+/// group (`gpasswd -d`) loses the group's role on a connection that stays open, after SIGHUP.
+/// Before: the groups were read once per connection.
+#[test]
+fn removed_group_member_loses_the_role_after_sighup_on_an_open_connection() {
+    const USER: &str = "custody-sec-member";
+    const GROUP: &str = "custody-sec-pingers";
+    let account = ensure_system_user(USER);
+    if nix::unistd::Group::from_name(GROUP).unwrap().is_none() {
+        let _ = run_with_timeout(
+            std::process::Command::new("groupadd").args(["--system", GROUP]),
+            Duration::from_secs(30),
+        );
+    }
+    run("gpasswd", &["-a", USER, GROUP]);
+    let mut d = open_socket()
+        .roles(&format!(
+            "[[roles]]\nname = \"pingers\"\nunix_groups = [\"{GROUP}\"]\nops = [\"ping\"]\n"
+        ))
+        .start();
+    let socket = d.socket().to_string_lossy().into_owned();
+    let mut h = HelperAs::spawn(
+        "helper_ping_twice",
+        account.uid,
+        account.gid,
+        &[("SEC_SOCKET", &socket)],
+    );
+    assert_eq!(h.line("first"), "ok");
+    run("gpasswd", &["-d", USER, GROUP]);
+    d.reload();
+    wait_for(10 * SEC, "the reload", || {
+        d.stderr().contains("policy reloaded").then_some(())
+    });
+    h.say("again");
+    assert_eq!(h.line("second"), "permission_denied");
+    h.finish();
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// Runs a prepared daemon expecting it to refuse to start (exit 2 for configuration, 1 for the
+/// socket); its stderr.
+fn refused_start(d: &Daemon) -> String {
+    let out = d.run_to_exit(Duration::from_secs(30));
+    assert!(matches!(out.status.code(), Some(1 | 2)), "{out:?}");
+    stderr(&out)
+}
+
+/// Finding 7: a PIN file readable by others (or by a group not the daemon's), or reached through
+/// a symbolic link, is refused with a clear error. Before: only writability was checked, and the
+/// path was followed.
+#[test]
+fn pin_file_readable_by_others_or_symlinked_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = DaemonBuilder::new().with_hsm().prepare();
+    let pin = d.hsm().unwrap().pin_file.clone();
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = refused_start(&d);
+    assert!(
+        err.contains("readable by others") && err.contains("pkcs11.pin_file"),
+        "{err}"
+    );
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&pin, None, Some(65534)).unwrap();
+    let err = refused_start(&d);
+    assert!(err.contains("readable by group 65534"), "{err}");
+    std::os::unix::fs::chown(&pin, None, Some(0)).unwrap();
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Through a symlink: refused too.
+    let real = pin.with_extension("real");
+    std::fs::rename(&pin, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &pin).unwrap();
+    let err = refused_start(&d);
+    assert!(err.contains("symbolic link"), "{err}");
+    std::fs::remove_file(&pin).unwrap();
+    std::fs::rename(&real, &pin).unwrap();
+    let mut d = d;
+    d.spawn();
+    d.wait_ready(READY_TIMEOUT);
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// Finding 7: an existing socket directory others can write to is refused (they could replace
+/// the socket); a second daemon on the same socket path is refused by the socket's lock.
+#[test]
+fn socket_directory_writable_by_others_is_refused() {
+    let d = DaemonBuilder::new().dir_mode(0o777).prepare();
+    let err = refused_start(&d);
+    assert!(
+        err.contains("socket directory") && err.contains("writable"),
+        "{err}"
+    );
+    let mut d = DaemonBuilder::new().dir_mode(0o1777).start();
+    assert_eq!(d.terminate().code(), Some(0));
+}

@@ -72,8 +72,9 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
     tracing::info!("shutting down: draining connections");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     drop(listener);
-    if matches!(origin, listener::Origin::Path) {
+    if let listener::Origin::Path(lock) = origin {
         let _ = std::fs::remove_file(&s.socket);
+        drop(lock);
     }
     let _ = notify_tx.send(());
     drop(done_tx);
