@@ -360,3 +360,125 @@ fn socket_directory_writable_by_others_is_refused() {
     let mut d = DaemonBuilder::new().dir_mode(0o1777).start();
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Finding 8: `--out` files (an unwrapped data key here) are created 0600, an existing file is
+/// narrowed to 0600, and a symbolic link is not followed. Before: 0644 (umask 022) through links.
+#[test]
+fn cli_outputs_are_private_and_not_written_through_symlinks() {
+    let mut d = hsm_daemon();
+    create_pkcs11(&d, "ida", "rsa2048-oaep");
+    let pem = pem(&d, "ida", 1);
+    let dk = random(32);
+    let ct = write(
+        &d,
+        "wrapped",
+        &openssl_oaep_encrypt(&pem, &dk, "sha256", None),
+    );
+    let out = file(&d, "dk.bin");
+    // Under the usual umask.
+    let umask = |o: &mut std::process::Command| {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c")
+            .arg("umask 022 && exec \"$0\" \"$@\"")
+            .arg(o.get_program())
+            .args(o.get_args());
+        c
+    };
+    let args = [
+        "unwrap",
+        "ida",
+        "--in",
+        path_str(&ct),
+        "--out",
+        path_str(&out),
+    ];
+    let o = run_with_timeout(
+        &mut umask(&mut d.cli_command(&args)),
+        Duration::from_secs(30),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(read(&out), dk);
+    assert_eq!(mode(&out), 0o600);
+    // An existing world-readable file is narrowed.
+    let old = write(&d, "old.bin", b"x");
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    cli_ok(
+        &d,
+        &[
+            "unwrap",
+            "ida",
+            "--in",
+            path_str(&ct),
+            "--out",
+            path_str(&old),
+        ],
+    );
+    assert_eq!(mode(&old), 0o600);
+    // A symlink planted at the output path is refused; its target is untouched.
+    let target = write(&d, "target", b"keep");
+    let link = file(&d, "link.bin");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    cli_usage_err(
+        &d,
+        &[
+            "unwrap",
+            "ida",
+            "--in",
+            path_str(&ct),
+            "--out",
+            path_str(&link),
+        ],
+    );
+    assert_eq!(read(&target), b"keep");
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// Finding 8: the client bounds a response frame (a fake server announcing a 4 GiB frame is
+/// dropped at once, nothing allocated), and `--server-uid` / `CUSTODY_SERVER_UID` refuse a socket
+/// served by another uid.
+#[test]
+fn client_bounds_frames_and_checks_the_server_uid() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("fake.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(h) as usize];
+        s.read_exact(&mut body).unwrap();
+        s.write_all(&0xffff_fff0u32.to_be_bytes()).unwrap();
+        s.write_all(&[0u8; 1024]).unwrap();
+        // Keep the connection open: only the client's bound can end the wait.
+        std::thread::sleep(Duration::from_secs(20));
+    });
+    let start = std::time::Instant::now();
+    let r = BlockingClient::connect(&sock);
+    assert!(r.is_err(), "a 4 GiB frame was accepted");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(server);
+
+    let mut d = DaemonBuilder::new().start();
+    cli_ok(&d, &["--server-uid", "0", "ping"]);
+    let o = d.cli(&["--server-uid", "4242", "ping"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(
+        stderr(&o).contains("not the expected server uid 4242"),
+        "{o:?}"
+    );
+    let mut c = d.cli_command(&["ping"]);
+    c.env("CUSTODY_SERVER_UID", "4242");
+    let o = run_with_timeout(&mut c, Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert_eq!(d.terminate().code(), Some(0));
+}

@@ -41,6 +41,10 @@ struct Cli {
     /// Print results (and errors) as JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// Refuse to talk to a socket not served by this uid (e.g. `$(id -u custodyd)`) [default:
+    /// $CUSTODY_SERVER_UID, else not checked].
+    #[arg(long, global = true, value_name = "UID")]
+    server_uid: Option<u32>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -120,7 +124,19 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(custody_client::default_socket);
     let json = cli.json;
-    let result = BlockingClient::connect(&socket)
+    let server_uid = match cli
+        .server_uid
+        .map(Some)
+        .map(Ok)
+        .unwrap_or_else(custody_client::server_uid_from_env)
+    {
+        Ok(u) => u,
+        Err(e) => {
+            report(json, "usage", &e);
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let result = BlockingClient::connect_checked(&socket, server_uid)
         .map_err(Failure::from)
         .and_then(|c| run(&c, json, cli.cmd));
     let code = match result {
