@@ -482,3 +482,70 @@ fn client_bounds_frames_and_checks_the_server_uid() {
     assert_eq!(o.status.code(), Some(3), "{o:?}");
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// Root administers everything; `nobody` may rotate, retire and destroy `master` and read
+/// `status`, nothing else.
+const MASTER_OPERATOR: &str = r#"[[roles]]
+name = "admin"
+unix_users = [0]
+ops = ["*"]
+keys = ["*"]
+
+[[roles]]
+name = "master-operator"
+unix_users = ["nobody"]
+ops = ["status", "keys.rotate", "keys.retire", "keys.destroy"]
+keys = ["master"]
+"#;
+
+/// Finding 9: a refused `keys.retire`/`keys.destroy` of a master version names none of the
+/// keys it wraps (the caller may not list them), and `status` shows per-op counters and backend
+/// details (token label, model, TCTI) only to a role with `status.detail`. Before: the wrapped
+/// key's name, and everything to any role allowed `status`.
+#[test]
+fn refusals_and_status_leak_nothing_to_a_scoped_role() {
+    let mut d = DaemonBuilder::new()
+        .with_hsm()
+        .dir_mode(0o755)
+        .server(&["socket_mode = \"0666\""])
+        .roles(MASTER_OPERATOR)
+        .start();
+    create_pkcs11(&d, "master", "aes256");
+    create_software(&d, "tenant-secret", "x25519", "master");
+    let (_, o) = d.cli_as("nobody", "nogroup", &["keys", "rotate", "master"]);
+    assert!(o.status.success(), "{o:?}");
+    for op in ["retire", "destroy"] {
+        let (_, o) = d.cli_as(
+            "nobody",
+            "nogroup",
+            &["keys", op, "master", "--version", "1"],
+        );
+        assert_eq!(o.status.code(), Some(10), "{o:?}");
+        let err = stderr(&o);
+        assert!(err.contains("still wraps"), "{err}");
+        assert!(!err.contains("tenant-secret"), "{err}");
+    }
+    let (_, o) = d.cli_as("nobody", "nogroup", &["--json", "status"]);
+    assert!(o.status.success(), "{o:?}");
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(s["ops"], serde_json::json!({}), "{s}");
+    let label = d.hsm().unwrap().label.clone();
+    for b in s["backends"].as_array().unwrap() {
+        assert_eq!(b["detail"], "ok", "{s}");
+    }
+    let hsm = s["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "pkcs11")
+        .unwrap();
+    assert_eq!(hsm["detail"], "ok", "{s}");
+    // The admin sees it all.
+    let s = status_json(&d);
+    assert!(s["ops"]["keys.rotate"]["ok"].as_u64().unwrap() >= 1, "{s}");
+    assert!(status_backend(&d, "pkcs11")["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&label));
+    assert_eq!(d.terminate().code(), Some(0));
+}

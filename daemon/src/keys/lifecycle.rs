@@ -242,17 +242,22 @@ impl KeyManager {
         }
         // A master version still wrapping a live (not destroyed) software key version must stay
         // usable, or that key is lost.
-        if let Some(user) = self.list().iter().find(|k| {
-            k.versions.iter().any(|w| {
+        // The refusal names no key: the caller may not be allowed to see the wrapped ones.
+        let wrapped = self
+            .list()
+            .iter()
+            .flat_map(|k| k.versions.iter())
+            .filter(|w| {
                 w.is_live()
                     && w.sealed
                         .as_ref()
                         .is_some_and(|s| s.master.name == name && s.master.version == version)
             })
-        }) {
+            .count();
+        if wrapped > 0 {
             return Err(OpError::bad(format!(
-                "version {version} of `{name}` still wraps key `{}`; destroy those versions first",
-                user.name
+                "version {version} of `{name}` still wraps {wrapped} live software key \
+                 version(s); destroy those versions first"
             )));
         }
         if to == VersionState::Destroyed && !self.shared_object(&rec, idx) {
