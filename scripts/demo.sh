@@ -10,7 +10,9 @@
 #      key rotated, the old envelopes still opened, a new one sealed to the new version;
 #   4. idOS: an issuer (Ed25519 key in the HSM) writes a credential sealed to the user's custody
 #      X25519 key; the user grants access (re-encrypted to a consumer inside the daemon, content
-#      hash returned and checked); the consumer opens it with PyNaCl; a wrong hash is refused.
+#      hash returned and checked); the consumer opens it with PyNaCl; a wrong hash is refused;
+#   5. the audit trail: `custody audit verify` passes on the run's audit file and names the line
+#      of an edited copy.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export DEV=${DEV:-$root/target/demo}
@@ -143,7 +145,15 @@ if custody box reencrypt idos-user --encryptor-pubkey "$epk" --to-pubkey "$consu
 fi
 [ ! -e "$W/bad.b64" ] && echo "refused (integrity); nothing written"
 
-step "Audit trail (last lines)"
+step "Audit trail (last lines): hash-chained, checkpoints signed by audit-signer in the HSM"
 tail -n 5 "$DEV/audit.log"
+run custody keys public audit-signer --format pem --out "$W/audit.pem"
+# Stopping the daemon writes the closing checkpoint: the whole file is signed.
+"$root/scripts/dev.sh" stop >/dev/null
+run custody audit verify "$DEV/audit.log" --pubkey "$W/audit.pem"
+awk 'NR==3 { sub(/"outcome":"[a-z_]*"/, "\"outcome\":\"edited\"") } { print }' "$DEV/audit.log" > "$W/edited.log"
+if custody audit verify "$W/edited.log" --pubkey "$W/audit.pem"; then
+  echo "ERROR: an edited audit line was not detected" >&2; exit 1
+fi
 
 step "Done: demo passed"
