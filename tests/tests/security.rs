@@ -549,3 +549,51 @@ fn refusals_and_status_leak_nothing_to_a_scoped_role() {
         .contains(&label));
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+/// Finding 4: a default-template TPM key has a random authValue that only the daemon holds (in
+/// its registry): `tpm2_sign` on its persistent handle with the empty auth fails, while the
+/// daemon signs with it, also after a restart. Before: the empty authValue, so anyone who could
+/// open the TPM could sign with the key, unaudited.
+#[test]
+fn default_template_tpm_key_is_unusable_without_the_daemons_auth() {
+    let mut d = DaemonBuilder::new().with_tpm().start();
+    cli_ok(
+        &d,
+        &["keys", "create", "tpm-signer", "--kind", "rsa2048-sign", "--backend", "tpm"],
+    );
+    let data = write(&d, "data", b"packet");
+    let sig = file(&d, "sig");
+    cli_ok(
+        &d,
+        &["sign", "tpm-signer", "--in", path_str(&data), "--out", path_str(&sig)],
+    );
+    // The swtpm serves one client at a time: the daemon lets go of it first.
+    assert_eq!(d.terminate().code(), Some(0));
+    let dir = d.dir().to_path_buf();
+    std::fs::write(dir.join("digest"), sha256(b"packet")).unwrap();
+    let tpm = d.swtpm().unwrap();
+    let out = tpm.tool(
+        &dir,
+        &["tpm2_readpublic", "-c", "0x81010100"],
+    );
+    assert!(out.status.success(), "the key is at the first handle: {}", stderr(&out));
+    for auth in [None, Some("wrong")] {
+        let mut args = vec![
+            "tpm2_sign", "-c", "0x81010100", "-g", "sha256", "-d", "-o", "tpm2.sig", "digest",
+        ];
+        if let Some(a) = auth {
+            args.extend(["-p", a]);
+        }
+        let out = tpm.tool(&dir, &args);
+        assert!(
+            !out.status.success(),
+            "tpm2_sign with auth {auth:?} signed with the daemon's key: {out:?}"
+        );
+    }
+    d.restart();
+    cli_ok(
+        &d,
+        &["sign", "tpm-signer", "--in", path_str(&data), "--out", path_str(&sig)],
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+}

@@ -9,7 +9,9 @@
 //! - `mosip:sign`, `mosip:encrypt`: MOSIP registration-client primaries ([`crate::backend::Template::Mosip`]),
 //!   recreated from the exact templates under the endorsement hierarchy, never persisted;
 //! - `persistent:0x81010100`: default-template keys, children of the owner storage primary,
-//!   persisted with EvictControl from [`TpmConfig::persistent_base`] upwards.
+//!   persisted with EvictControl from [`TpmConfig::persistent_base`] upwards, each with a random
+//!   authValue recorded in its reference (the registry) and set on every use; MOSIP primaries
+//!   keep the empty authValue MOSIP defines.
 //!
 //! Cost on swtpm (2-core machine): an RSA-2048 CreatePrimary takes about 30-150 ms, a signature
 //! about 3-5 ms, so the two MOSIP primaries stay loaded between requests (checked with ReadPublic
@@ -33,7 +35,7 @@ use std::{
 use zeroize::Zeroizing;
 
 use self::{
-    keys::TpmRef,
+    keys::{KeyAuth, TpmRef},
     worker::{Request, Worker},
 };
 use super::{
@@ -137,7 +139,11 @@ impl TpmBackend {
     }
 
     fn parse(&self, backend_ref: &str) -> Result<TpmRef, BackendError> {
-        TpmRef::parse(backend_ref, self.cfg.persistent_base)
+        self.parse_with_auth(backend_ref).map(|(k, _)| k)
+    }
+
+    fn parse_with_auth(&self, backend_ref: &str) -> Result<(TpmRef, KeyAuth), BackendError> {
+        TpmRef::parse_with_auth(backend_ref, self.cfg.persistent_base)
     }
 
     /// Runs `f` on the worker and waits at most `op_timeout` for its answer.
@@ -227,9 +233,9 @@ impl Backend for TpmBackend {
         digest: &[u8; 32],
         scheme: SignScheme,
     ) -> Result<Vec<u8>, BackendError> {
-        let key = self.parse(key.object)?;
+        let (key, auth) = self.parse_with_auth(key.object)?;
         let digest = *digest;
-        self.call("sign", move |w| w.op_sign(key, &digest, scheme))
+        self.call("sign", move |w| w.op_sign(key, &auth, &digest, scheme))
     }
 
     fn decrypt_oaep(
@@ -245,9 +251,9 @@ impl Backend for TpmBackend {
                 ciphertext.len()
             )));
         }
-        let key = self.parse(key.object)?;
+        let (key, auth) = self.parse_with_auth(key.object)?;
         let (ct, label) = (ciphertext.to_vec(), label.to_vec());
-        self.call("decrypt", move |w| w.op_decrypt(key, &ct, &label))
+        self.call("decrypt", move |w| w.op_decrypt(key, &auth, &ct, &label))
     }
 
     fn destroy(&self, key: &KeyRef<'_>) -> Result<(), BackendError> {
