@@ -61,7 +61,11 @@ pub struct KeyAuth(zeroize::Zeroizing<Vec<u8>>);
 
 impl std::fmt::Debug for KeyAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyAuth({})", if self.0.is_empty() { "empty" } else { "set" })
+        write!(
+            f,
+            "KeyAuth({})",
+            if self.0.is_empty() { "empty" } else { "set" }
+        )
     }
 }
 
@@ -121,7 +125,10 @@ pub fn check_fingerprint(key: TpmRef, public: &Public) -> Result<(), BackendErro
 impl TpmRef {
     /// Parses a reference with its authValue suffix (see the module docs); error messages never
     /// show the authValue.
-    pub fn parse_with_auth(s: &str, persistent_base: u32) -> Result<(TpmRef, KeyAuth), BackendError> {
+    pub fn parse_with_auth(
+        s: &str,
+        persistent_base: u32,
+    ) -> Result<(TpmRef, KeyAuth), BackendError> {
         let (key, auth) = match s.split_once(";auth=") {
             None => (s, KeyAuth::default()),
             Some((key, a)) => {
