@@ -223,7 +223,8 @@ impl AuditLog {
 
     /// Writes one record (and a checkpoint after it when one is due and `signer` is given).
     /// `Err` when the record could not be written whole: the file is cut back, nothing half
-    /// written stays. A checkpoint that cannot be signed is retried after the next record.
+    /// written stays. A checkpoint that cannot be signed is logged and retried after another
+    /// `checkpoint_every` lines (and at shutdown).
     pub fn write(&self, rec: &Record<'_>, signer: Option<Signer<'_>>) -> Result<(), String> {
         let Some(mut chain) = self.chain() else {
             let line = serde_json::to_string(rec)
@@ -241,7 +242,13 @@ impl AuditLog {
         if let Some(sign) = signer {
             if chain.since_checkpoint >= chain.every {
                 if let Err(e) = chain.checkpoint(sign) {
-                    tracing::warn!("audit checkpoint not written (retried later): {e}");
+                    // Retried after another `checkpoint_every` lines, not on every op: a key
+                    // whose device is down must not slow every request to its timeout.
+                    chain.since_checkpoint = 0;
+                    tracing::warn!(
+                        "audit checkpoint not written (retried after {} more lines): {e}",
+                        chain.every
+                    );
                 }
             }
         }
@@ -318,5 +325,95 @@ impl Chain {
                 .map_err(|e| format!("audit sync failed: {e}"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(path: &Path, every: u64) -> AuditConfig {
+        AuditConfig {
+            file: Some(path.to_owned()),
+            checkpoint_every: every,
+            ..AuditConfig::default()
+        }
+    }
+
+    fn rec(peer: &Peer) -> Record<'_> {
+        Record::new(peer, None, "ping", None, None, "ok", Duration::ZERO)
+    }
+
+    fn lines(p: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn chain_checkpoints_torn_lines_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let peer = Peer {
+            uid: 1,
+            gid: 1,
+            pid: None,
+            groups: vec![],
+        };
+        let signed = std::cell::RefCell::new(Vec::new());
+        let signer = |msg: &[u8]| {
+            signed.borrow_mut().push(msg.to_vec());
+            Ok(CheckpointSig {
+                key: "k".into(),
+                version: 1,
+                alg: custody_proto::audit::ALG_ED25519,
+                sig: vec![7; 64],
+            })
+        };
+        let log = AuditLog::open(&cfg(&p, 2)).unwrap();
+        for _ in 0..3 {
+            log.write(&rec(&peer), Some(&signer)).unwrap();
+        }
+        let l = lines(&p);
+        // record, record, checkpoint, record
+        assert_eq!(l.len(), 4);
+        assert_eq!(l[0]["prev"], GENESIS);
+        assert_eq!(l[2]["op"], CHECKPOINT_OP);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let raw: Vec<&str> = text.lines().collect();
+        assert_eq!(l[1]["prev"], line_hash(raw[0].as_bytes()));
+        let ts = l[2]["ts_ms"].as_u64().unwrap();
+        assert_eq!(
+            signed.borrow()[0],
+            checkpoint_message(3, l[2]["prev"].as_str().unwrap(), u128::from(ts))
+        );
+        drop(log);
+        // A torn last line (a crash mid-write) is cut off; the chain continues after line 4.
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"seq\":5,\"pr").unwrap();
+        drop(f);
+        let log = AuditLog::open(&cfg(&p, 100)).unwrap();
+        log.write(&rec(&peer), None).unwrap();
+        let l = lines(&p);
+        assert_eq!(l.len(), 5);
+        assert_eq!(l[4]["seq"], 5);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let raw: Vec<&str> = text.lines().collect();
+        assert_eq!(l[4]["prev"], line_hash(raw[3].as_bytes()));
+        // At shutdown: a closing checkpoint.
+        log.checkpoint(&signer).unwrap();
+        assert_eq!(lines(&p)[5]["op"], CHECKPOINT_OP);
+    }
+
+    #[test]
+    fn the_audit_file_is_not_opened_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"").unwrap();
+        let p = dir.path().join("audit.log");
+        std::os::unix::fs::symlink(&target, &p).unwrap();
+        assert!(AuditLog::open(&cfg(&p, 10)).is_err());
     }
 }
