@@ -562,12 +562,14 @@ fn refusals_and_status_leak_nothing_to_a_scoped_role() {
 }
 
 /// Finding 4: a default-template TPM key has a random authValue that only the daemon holds (in
-/// its registry): `tpm2_sign` on its persistent handle with the empty auth fails, while the
-/// daemon signs with it, also after a restart. Before: the empty authValue, so anyone who could
-/// open the TPM could sign with the key, unaudited.
+/// its registry; wrapped under an HSM master when the key is created with `--master`):
+/// `tpm2_sign` on its persistent handle with the empty (or a wrong) auth fails, while the daemon
+/// signs with it, also after a restart. Before: the empty authValue, so anyone who could open
+/// the TPM could sign with the key, unaudited.
 #[test]
 fn default_template_tpm_key_is_unusable_without_the_daemons_auth() {
-    let mut d = DaemonBuilder::new().with_tpm().start();
+    let mut d = DaemonBuilder::new().with_tpm().with_hsm().start();
+    create_pkcs11(&d, "auth-master", "aes256");
     cli_ok(
         &d,
         &[
@@ -580,63 +582,87 @@ fn default_template_tpm_key_is_unusable_without_the_daemons_auth() {
             "tpm",
         ],
     );
-    let data = write(&d, "data", b"packet");
-    let sig = file(&d, "sig");
     cli_ok(
         &d,
         &[
-            "sign",
-            "tpm-signer",
-            "--in",
-            path_str(&data),
-            "--out",
-            path_str(&sig),
+            "keys",
+            "create",
+            "tpm-wrapped",
+            "--kind",
+            "rsa2048-sign",
+            "--backend",
+            "tpm",
+            "--master",
+            "auth-master",
         ],
     );
+    let data = write(&d, "data", b"packet");
+    let sig = file(&d, "sig");
+    let sign = |d: &Daemon| {
+        for key in ["tpm-signer", "tpm-wrapped"] {
+            cli_ok(
+                d,
+                &[
+                    "sign",
+                    key,
+                    "--in",
+                    path_str(&data),
+                    "--out",
+                    path_str(&sig),
+                ],
+            );
+        }
+    };
+    sign(&d);
     // The swtpm serves one client at a time: the daemon lets go of it first.
     assert_eq!(d.terminate().code(), Some(0));
+    // The plain key's authValue is in its registry reference; the wrapped one's is not.
+    let mut registry = std::fs::read(d.dir().join("keys.db")).unwrap();
+    registry.extend(std::fs::read(d.dir().join("keys.db-wal")).unwrap_or_default());
+    let text = String::from_utf8_lossy(&registry);
+    assert!(text.contains(";auth="), "no authValue recorded");
+    let wrapped_refs: Vec<&str> = text.split("persistent:0x81010101:").skip(1).collect();
+    assert!(
+        !wrapped_refs.is_empty(),
+        "the wrapped key's reference is in the registry"
+    );
+    for rest in wrapped_refs {
+        assert_ne!(
+            rest.get(16..22),
+            Some(";auth="),
+            "the wrapped authValue in clear"
+        );
+    }
     let dir = d.dir().to_path_buf();
     std::fs::write(dir.join("digest"), sha256(b"packet")).unwrap();
     let tpm = d.swtpm().unwrap();
-    let out = tpm.tool(&dir, &["tpm2_readpublic", "-c", "0x81010100"]);
-    assert!(
-        out.status.success(),
-        "the key is at the first handle: {}",
-        stderr(&out)
-    );
-    for auth in [None, Some("wrong")] {
-        let mut args = vec![
-            "tpm2_sign",
-            "-c",
-            "0x81010100",
-            "-g",
-            "sha256",
-            "-d",
-            "-o",
-            "tpm2.sig",
-            "digest",
-        ];
-        if let Some(a) = auth {
-            args.extend(["-p", a]);
+    for handle in ["0x81010100", "0x81010101"] {
+        let out = tpm.tool(&dir, &["tpm2_readpublic", "-c", handle]);
+        assert!(out.status.success(), "no key at {handle}: {}", stderr(&out));
+        for auth in [None, Some("wrong")] {
+            let mut args = vec![
+                "tpm2_sign",
+                "-c",
+                handle,
+                "-g",
+                "sha256",
+                "-d",
+                "-o",
+                "tpm2.sig",
+                "digest",
+            ];
+            if let Some(a) = auth {
+                args.extend(["-p", a]);
+            }
+            let out = tpm.tool(&dir, &args);
+            assert!(
+                !out.status.success(),
+                "tpm2_sign on {handle} with auth {auth:?} signed with the daemon's key: {out:?}"
+            );
         }
-        let out = tpm.tool(&dir, &args);
-        assert!(
-            !out.status.success(),
-            "tpm2_sign with auth {auth:?} signed with the daemon's key: {out:?}"
-        );
     }
     d.restart();
-    cli_ok(
-        &d,
-        &[
-            "sign",
-            "tpm-signer",
-            "--in",
-            path_str(&data),
-            "--out",
-            path_str(&sig),
-        ],
-    );
+    sign(&d);
     assert_eq!(d.terminate().code(), Some(0));
 }
 

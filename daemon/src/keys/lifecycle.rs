@@ -109,10 +109,14 @@ impl KeyManager {
                     "external (public-only) keys are imported with keys.import, not created",
                 ))
             }
+            // A default-template TPM key's authValue may be wrapped under a master.
+            (BackendKind::Tpm, Some(_)) if spec.template == Template::Default => {}
             (BackendKind::Tpm | BackendKind::Pkcs11, Some(_)) => {
                 return Err(OpError::bad(format!(
-                    "`master` is only for the software backend, not {}",
-                    spec.backend
+                    "`master` is only for the software backend and default-template tpm keys, \
+                     not {} ({} template)",
+                    spec.backend,
+                    spec.template.as_str()
                 )))
             }
             _ => {}

@@ -78,6 +78,11 @@ impl KeyAuth {
         KeyAuth(v)
     }
 
+    /// An authValue unwrapped from the registry.
+    pub fn from_bytes(bytes: zeroize::Zeroizing<Vec<u8>>) -> KeyAuth {
+        KeyAuth(bytes)
+    }
+
     /// True for the empty authValue.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -122,11 +122,15 @@ impl Worker {
     }
 
     /// Creates (MOSIP: recreates) a key.
+    /// A default-template key gets `auth` as its authValue, recorded in the reference when
+    /// `record_auth` (else the caller keeps it wrapped).
     pub fn op_create(
         &mut self,
         kind: KeyKind,
         template: Template,
         persistent_base: u32,
+        auth: &KeyAuth,
+        record_auth: bool,
     ) -> Result<CreatedKey, BackendError> {
         let child_template = match kind {
             KeyKind::Aes256 | KeyKind::X25519 | KeyKind::Ed25519 => {
@@ -152,12 +156,16 @@ impl Worker {
             }
             Template::Default => {
                 let template = child_template()?;
-                let auth = KeyAuth::random();
-                let (handle, public) = self.create_persistent(template, persistent_base, &auth)?;
+                let (handle, public) = self.create_persistent(template, persistent_base, auth)?;
                 let info = public_info(&public)?;
                 let fp = info.tpmt.as_deref().map(fingerprint);
+                let suffix = if record_auth {
+                    auth.suffix()
+                } else {
+                    String::new()
+                };
                 Ok(CreatedKey {
-                    backend_ref: format!("{}{}", TpmRef::Persistent(handle, fp), auth.suffix()),
+                    backend_ref: format!("{}{suffix}", TpmRef::Persistent(handle, fp)),
                     public: Some(info),
                     sealed: None,
                 })
