@@ -15,7 +15,9 @@
 #      keyed by K9 and the person's UIN; IDA imports the pool key from MOSIP's share string
 #      (addressed to its certified K22, re-wrapped under K18) and decrypts only with the right UIN;
 #      the independent Python implementation decrypts the same bytes; K9 is rotated and the data
-#      still decrypts.
+#      still decrypts;
+#   6. the audit trail: `custody audit verify` passes on the run's audit file and names the line
+#      of an edited copy.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export DEV=${DEV:-$root/target/demo}
@@ -186,7 +188,15 @@ step "MOSIP ZK pool: rotate K9 (MOSIP cannot) — every pool key re-wrapped, dat
 run custody zk rotate-master cred-pool
 run custody zk decrypt cred-pool --id "$uin" --in "$W/dob.attr"; echo
 
-step "Audit trail (last lines)"
+step "Audit trail (last lines): hash-chained, checkpoints signed by audit-signer in the HSM"
 tail -n 5 "$DEV/audit.log"
+run custody keys public audit-signer --format pem --out "$W/audit.pem"
+# Stopping the daemon writes the closing checkpoint: the whole file is signed.
+"$root/scripts/dev.sh" stop >/dev/null
+run custody audit verify "$DEV/audit.log" --pubkey "$W/audit.pem"
+awk 'NR==3 { sub(/"outcome":"[a-z_]*"/, "\"outcome\":\"edited\"") } { print }' "$DEV/audit.log" > "$W/edited.log"
+if custody audit verify "$W/edited.log" --pubkey "$W/audit.pem"; then
+  echo "ERROR: an edited audit line was not detected" >&2; exit 1
+fi
 
 step "Done: demo passed"

@@ -49,6 +49,8 @@ path = "$DEV/registry.db"
 
 [audit]
 file = "$DEV/audit.log"
+sign_key = "audit-signer"  # checkpoints signed in the HSM (custody audit verify)
+checkpoint_every = 50
 
 [tpm]
 tcti = "$tcti"
@@ -80,6 +82,12 @@ template = "mosip"
 [[keys.declare]]
 name = "ida-partner"
 kind = "rsa2048-oaep"
+backend = "pkcs11"
+
+# Signs the audit file's checkpoints; no role needs it.
+[[keys.declare]]
+name = "audit-signer"
+kind = "rsa2048-sign"
 backend = "pkcs11"
 
 [[roles]]

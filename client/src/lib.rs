@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use custody_proto::ops::*;
@@ -17,8 +17,25 @@ use tokio::sync::oneshot;
 
 pub use custody_proto as proto;
 
+pub mod audit;
+
 /// Default socket path when neither `--socket` nor `$CUSTODY_SOCKET` is given.
 pub const DEFAULT_SOCKET: &str = "/run/custodyd/custodyd.sock";
+
+/// The largest response frame a client accepts whatever the server says in `hello`.
+pub const MAX_RESPONSE_FRAME: u32 = 256 * 1024 * 1024;
+
+/// The uid the daemon must run as, from `$CUSTODY_SERVER_UID` (unset or empty: not checked).
+pub fn server_uid_from_env() -> Result<Option<u32>, String> {
+    match std::env::var("CUSTODY_SERVER_UID") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("CUSTODY_SERVER_UID `{v}` is not a numeric uid")),
+        _ => Ok(None),
+    }
+}
 
 /// The socket path from `$CUSTODY_SOCKET`, else [`DEFAULT_SOCKET`].
 pub fn default_socket() -> PathBuf {
@@ -72,15 +89,38 @@ impl Drop for Client {
 impl Client {
     /// Connects and negotiates the protocol version with `hello`.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        Client::connect_checked(path, None).await
+    }
+
+    /// Like [`Client::connect`], but first checks that the process listening on the socket runs
+    /// as `server_uid` (its peer credentials), when given: a socket put in the daemon's place by
+    /// another user gets no request (and no plaintext).
+    pub async fn connect_checked(
+        path: impl AsRef<Path>,
+        server_uid: Option<u32>,
+    ) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path.as_ref()).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot connect to {}: {e}", path.as_ref().display()),
             )
         })?;
+        if let Some(want) = server_uid {
+            let got = stream.peer_cred()?.uid();
+            if got != want {
+                return Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is served by uid {got}, not the expected server uid {want}",
+                        path.as_ref().display()
+                    ),
+                )));
+            }
+        }
         let (rd, wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
-        let reader = tokio::spawn(read_loop(rd, pending.clone()));
+        let limit = Arc::new(AtomicU32::new(DEFAULT_MAX_FRAME));
+        let reader = tokio::spawn(read_loop(rd, pending.clone(), limit.clone()));
         let mut client = Client {
             writer: tokio::sync::Mutex::new(wr),
             pending,
@@ -101,6 +141,14 @@ impl Client {
             })
             .await?;
         client.max_frame = hello.max_frame;
+        // Responses are bounded by what the server says it allows, within the client's own cap.
+        limit.store(
+            hello.max_frame.clamp(
+                DEFAULT_MAX_FRAME.min(MAX_RESPONSE_FRAME),
+                MAX_RESPONSE_FRAME,
+            ),
+            Ordering::Relaxed,
+        );
         client.hello = hello;
         Ok(client)
     }
@@ -175,7 +223,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, pending: Pending) {
+async fn read_loop(mut rd: OwnedReadHalf, pending: Pending, limit: Arc<AtomicU32>) {
     // The last connection-level error (id 0, e.g. `busy`, `too_large`): the server keeps
     // answering after one, so it fails only the requests still unanswered when the connection
     // closes (PROTOCOL.md §3.3), and gives them its reason instead of a bare "closed".
@@ -185,12 +233,15 @@ async fn read_loop(mut rd: OwnedReadHalf, pending: Pending) {
         if rd.read_exact(&mut header).await.is_err() {
             break;
         }
-        let Ok(len) = frame::body_len(header, u32::MAX) else {
+        // A frame above the limit closes the connection before anything is allocated; the
+        // buffer grows only as bytes arrive.
+        let Ok(len) = frame::body_len(header, limit.load(Ordering::Relaxed)) else {
             break;
         };
-        let mut body = vec![0u8; len];
-        if rd.read_exact(&mut body).await.is_err() {
-            break;
+        let mut body = Vec::with_capacity(len.min(64 * 1024));
+        match (&mut rd).take(len as u64).read_to_end(&mut body).await {
+            Ok(n) if n == len => {}
+            _ => break,
         }
         let Ok(resp) = Response::decode(&body) else {
             break;
@@ -223,10 +274,19 @@ pub struct BlockingClient {
 impl BlockingClient {
     /// Connects and says `hello`.
     pub fn connect(path: impl AsRef<Path>) -> Result<BlockingClient, ClientError> {
+        BlockingClient::connect_checked(path, None)
+    }
+
+    /// Connects, checks the server's uid when given (see [`Client::connect_checked`]) and says
+    /// `hello`.
+    pub fn connect_checked(
+        path: impl AsRef<Path>,
+        server_uid: Option<u32>,
+    ) -> Result<BlockingClient, ClientError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let inner = rt.block_on(Client::connect(path))?;
+        let inner = rt.block_on(Client::connect_checked(path, server_uid))?;
         Ok(BlockingClient { rt, inner })
     }
 

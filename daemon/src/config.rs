@@ -67,8 +67,13 @@ pub struct ServerConfig {
     pub socket: PathBuf,
     /// Socket file mode, octal string.
     pub socket_mode: String,
-    /// Simultaneous connections; more are answered `busy` and closed.
+    /// Simultaneous connections of callers with a role; more are answered `busy` and closed.
     pub max_connections: usize,
+    /// Simultaneous connections of one uid (with a role or not); more are answered `busy`.
+    pub max_connections_per_uid: usize,
+    /// Bytes all connections together may hold in frames still arriving; a frame that does not
+    /// fit into what is left is answered `busy` and its connection closed.
+    pub max_buffered_bytes: u64,
     /// Requests processed at once per connection; the next is read when one finishes.
     pub max_in_flight: usize,
     /// Largest frame body accepted, bytes.
@@ -91,6 +96,8 @@ impl Default for ServerConfig {
             socket: PathBuf::from("/run/custodyd/custodyd.sock"),
             socket_mode: "0660".into(),
             max_connections: 1024,
+            max_connections_per_uid: 256,
+            max_buffered_bytes: 256 * 1024 * 1024,
             max_in_flight: 64,
             max_frame: custody_proto::DEFAULT_MAX_FRAME,
             idle_timeout_secs: 300,
@@ -130,12 +137,46 @@ pub struct StorageConfig {
 }
 
 /// `[audit]`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
-    /// Append JSON lines to this file (mode 0640). Absent: lines go to the log (journal) under
-    /// the tracing target `audit`.
+    /// Append hash-chained JSON lines to this file (mode 0640). Absent: lines go to the log
+    /// (journal) under the tracing target `audit`, unchained.
     pub file: Option<PathBuf>,
+    /// Refuse an op (`internal`, "audit unavailable") whose audit line cannot be written.
+    pub required: bool,
+    /// When the file is synced to disk.
+    pub sync: AuditSync,
+    /// A signed checkpoint line after this many lines (and at shutdown).
+    pub checkpoint_every: u64,
+    /// The key that signs checkpoints (`rsa2048-sign` or `ed25519`, in the TPM or HSM); none:
+    /// the chain has no checkpoints.
+    pub sign_key: Option<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            file: None,
+            required: true,
+            sync: AuditSync::default(),
+            checkpoint_every: 1000,
+            sign_key: None,
+        }
+    }
+}
+
+/// `audit.sync`: when audit lines are made durable (fdatasync).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSync {
+    /// After every line, before the op is answered.
+    Every,
+    /// After every checkpoint and at shutdown.
+    #[default]
+    Checkpoint,
+    /// Left to the kernel.
+    None,
 }
 
 /// `[tpm]`.
@@ -336,6 +377,10 @@ impl Config {
         }
         for (key, v) in [
             ("server.max_connections", s.max_connections as u64),
+            (
+                "server.max_connections_per_uid",
+                s.max_connections_per_uid as u64,
+            ),
             ("server.max_in_flight", s.max_in_flight as u64),
             ("server.max_frame", u64::from(s.max_frame)),
             ("server.idle_timeout_secs", s.idle_timeout_secs),
@@ -348,6 +393,26 @@ impl Config {
         }
         if s.max_frame < 1024 {
             return Err(bad("server.max_frame", "must be at least 1024".into()));
+        }
+        if s.max_buffered_bytes < u64::from(s.max_frame)
+            || s.max_buffered_bytes > u64::from(u32::MAX)
+        {
+            return Err(bad(
+                "server.max_buffered_bytes",
+                format!(
+                    "must be at least server.max_frame ({}) and below 4 GiB",
+                    s.max_frame
+                ),
+            ));
+        }
+        if self.audit.checkpoint_every == 0 {
+            return Err(bad(
+                "audit.checkpoint_every",
+                "must be greater than 0".into(),
+            ));
+        }
+        if let Some(k) = &self.audit.sign_key {
+            validate_key_name(k).map_err(|m| bad("audit.sign_key", m))?;
         }
         if let Some(p) = &self.pkcs11 {
             if p.pin_file.is_none() && p.pin_env.is_none() {

@@ -92,6 +92,10 @@ fn main() -> ExitCode {
         eprintln!("custodyd: {e}");
         return ExitCode::from(2);
     }
+    if let Err(e) = setup::raise_fd_limit(&cfg, &config_path) {
+        eprintln!("custodyd: {e}");
+        return ExitCode::from(2);
+    }
     // One daemon per registry; held until the process exits.
     let _registry_lock = match setup::lock_registry(&cfg.storage.path) {
         Ok(l) => l,

@@ -36,6 +36,45 @@ pub fn harden_process() {
     lock_memory();
 }
 
+/// File descriptors kept for everything but client connections: the listening socket, the
+/// TPM, PKCS#11 sessions, the registry, the audit file, blocking threads' files.
+pub const FD_RESERVE: u64 = 64;
+
+/// Raises the open-file limit to its hard limit and checks that `server.max_connections` (plus
+/// one uid's quota of connections without a role, plus [`FD_RESERVE`] and the PKCS#11 sessions)
+/// fits under it: otherwise accept would hit EMFILE and the token and the registry could not
+/// open files. Returns the limit now in force.
+pub fn raise_fd_limit(cfg: &Config, path: &Path) -> Result<u64, String> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
+    let limit = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!("could not raise RLIMIT_NOFILE from {soft} to {hard}: {e}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let s = &cfg.server;
+    let sessions = cfg.pkcs11.as_ref().map_or(0, |p| p.max_sessions as u64);
+    let need = s.max_connections as u64 + s.max_connections_per_uid as u64 + FD_RESERVE + sessions;
+    if need > limit {
+        return Err(format!(
+            "{}: key `server.max_connections`: {} connections + {} per uid + {} reserved \
+             descriptors need {need} open files, but the limit (RLIMIT_NOFILE, the unit's \
+             LimitNOFILE) is {limit}: raise the limit or lower max_connections",
+            path.display(),
+            s.max_connections,
+            s.max_connections_per_uid,
+            FD_RESERVE + sessions
+        ));
+    }
+    Ok(limit)
+}
+
 /// Locks every page of the process, present and future, as it is first touched
 /// (`mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`), so PINs, unwrapped software keys and
 /// plaintexts never reach swap. Only with an unlimited RLIMIT_MEMLOCK (the unit's
@@ -77,11 +116,41 @@ pub fn check_user(cfg: &Config, path: &Path) -> Result<(), String> {
 }
 
 /// Refuses a file (the config, the PIN file) that someone other than root and the daemon's own
-/// user could change: writable by group or others, or owned by another user.
+/// user could change: a symbolic link, not a regular file, writable by group or others, or owned
+/// by another user.
 pub fn check_file_trusted(file: &Path, what: &str) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(file)
+    open_trusted(file, what, false).map(|_| ())
+}
+
+/// Opens `file` for reading without following a symbolic link and checks the opened file (not
+/// the path again) as [`check_file_trusted`] says; a `secret` (the PIN file) must moreover be
+/// readable by no one but the daemon's user: not by others, and by a group only if it is the
+/// daemon's own.
+pub fn open_trusted(file: &Path, what: &str, secret: bool) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(file)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                format!(
+                    "{what} {} is a symbolic link: refusing it; give the file's real path",
+                    file.display()
+                )
+            } else {
+                format!("{what} {}: cannot read: {e}", file.display())
+            }
+        })?;
+    let meta = f
+        .metadata()
         .map_err(|e| format!("{what} {}: cannot read: {e}", file.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{what} {} is not a regular file: refusing it",
+            file.display()
+        ));
+    }
     let mode = meta.mode() & 0o7777;
     if mode & 0o022 != 0 {
         return Err(format!(
@@ -98,7 +167,25 @@ pub fn check_file_trusted(file: &Path, what: &str) -> Result<(), String> {
             meta.uid()
         ));
     }
-    Ok(())
+    if secret {
+        if mode & 0o004 != 0 {
+            return Err(format!(
+                "{what} {} is readable by others (mode {mode:04o}): refusing it; \
+                 `chmod o-r` it",
+                file.display()
+            ));
+        }
+        let my_gid = nix::unistd::getegid().as_raw();
+        if mode & 0o040 != 0 && meta.gid() != my_gid {
+            return Err(format!(
+                "{what} {} is readable by group {} (mode {mode:04o}), which is not custodyd's \
+                 group {my_gid}: refusing it; `chmod g-r` or `chgrp` it",
+                file.display(),
+                meta.gid()
+            ));
+        }
+    }
+    Ok(f)
 }
 
 /// Takes the registry's lock file (`<registry>.lock`, exclusive, not waiting): one daemon per
@@ -136,15 +223,17 @@ pub fn lock_registry(registry: &Path) -> Result<Flock<std::fs::File>, String> {
 /// Reads the PKCS#11 user PIN from the configured file (first line) or environment variable.
 fn read_pin(p: &Pkcs11Section, path: &Path) -> Result<SecretString, String> {
     if let Some(f) = &p.pin_file {
-        check_file_trusted(f, "PIN file")
+        use std::io::Read;
+        let mut file = open_trusted(f, "PIN file", true)
             .map_err(|e| format!("{}: key `pkcs11.pin_file`: {e}", path.display()))?;
-        let text = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+        let mut text = Zeroizing::new(String::new());
+        file.read_to_string(&mut text).map_err(|e| {
             format!(
                 "{}: key `pkcs11.pin_file`: cannot read {}: {e}",
                 path.display(),
                 f.display()
             )
-        })?);
+        })?;
         let line = text.lines().next().unwrap_or_default().trim_end();
         return Ok(SecretString::from(line.to_owned()));
     }
@@ -201,7 +290,7 @@ pub fn backends(cfg: &Config, path: &Path) -> Result<Vec<Arc<dyn Backend>>, Stri
 /// creates the declared keys that are missing.
 pub fn build(cfg: Config, path: &Path) -> Result<App, String> {
     let policy = Policy::from_config(&cfg.roles).map_err(|e| format!("{}: {e}", path.display()))?;
-    let audit = AuditLog::open(cfg.audit.file.as_deref()).map_err(|e| {
+    let audit = AuditLog::open(&cfg.audit).map_err(|e| {
         format!(
             "{}: key `audit.file`: cannot open {}: {e}",
             path.display(),

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use custody_proto::ops::{names, OpCounter};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, CheckpointSig, Record};
 use crate::auth::Policy;
+use crate::backend::KeyKind;
 use crate::config::Config;
 use crate::keys::KeyManager;
 
@@ -21,6 +22,8 @@ pub struct App {
     pub config_path: PathBuf,
     /// Roles in force; swapped whole on SIGHUP.
     policy: RwLock<Arc<Policy>>,
+    /// Bumped by every policy reload: connections look their caller's groups up again.
+    generation: AtomicU64,
     /// Audit sink.
     pub audit: AuditLog,
     /// Request counters.
@@ -44,6 +47,7 @@ impl App {
             config,
             config_path,
             policy: RwLock::new(Arc::new(policy)),
+            generation: AtomicU64::new(0),
             audit,
             stats: Stats::default(),
             keys,
@@ -59,6 +63,77 @@ impl App {
         }
     }
 
+    /// Writes an audit record (and a signed checkpoint when one is due); `Err` when the record
+    /// could not be written.
+    pub fn audit(&self, rec: &Record<'_>) -> Result<(), String> {
+        let sign = |msg: &[u8]| self.sign_checkpoint(msg);
+        let signer = self.config.audit.sign_key.as_ref().map(|_| &sign as _);
+        self.audit.write(rec, signer)
+    }
+
+    /// Writes a closing checkpoint (at shutdown), when an audit key is configured.
+    pub fn audit_checkpoint(&self) {
+        if self.config.audit.sign_key.is_some() {
+            if let Err(e) = self
+                .audit
+                .checkpoint(&|msg: &[u8]| self.sign_checkpoint(msg))
+            {
+                tracing::warn!("closing audit checkpoint not written: {e}");
+            }
+        }
+    }
+
+    /// Signs a checkpoint message with the configured audit key (its current version).
+    fn sign_checkpoint(&self, msg: &[u8]) -> Result<CheckpointSig, String> {
+        use custody_proto::audit::{ALG_ED25519, ALG_RSA, CHECKPOINT_OP};
+        use sha2::{Digest, Sha256};
+        let name = self
+            .config
+            .audit
+            .sign_key
+            .as_deref()
+            .ok_or("no audit.sign_key")?;
+        let kind = self.keys.get(name).map_err(|e| e.message)?.kind;
+        let sel = crate::keys::Selector::Current;
+        let (alg, k, sig) = match kind {
+            KeyKind::Rsa2048Sign => {
+                let k = self
+                    .keys
+                    .resolve(name, kind, CHECKPOINT_OP, sel)
+                    .map_err(|e| e.message)?;
+                let digest: [u8; 32] = Sha256::digest(msg).into();
+                let sig = k
+                    .sign(&digest, crate::backend::SignScheme::Pkcs1v15)
+                    .map_err(|e| e.to_string())?;
+                (ALG_RSA, k, sig)
+            }
+            KeyKind::Ed25519 => {
+                let k = self
+                    .keys
+                    .resolve(name, kind, CHECKPOINT_OP, sel)
+                    .map_err(|e| e.message)?;
+                let sig = k.sign_ed25519(msg).map_err(|e| e.to_string())?;
+                (ALG_ED25519, k, sig)
+            }
+            other => {
+                return Err(format!(
+                    "audit key `{name}` is {other}: it must be rsa2048-sign or ed25519"
+                ))
+            }
+        };
+        Ok(CheckpointSig {
+            key: name.to_owned(),
+            version: k.number(),
+            alg,
+            sig,
+        })
+    }
+
+    /// The number of policy reloads so far.
+    pub fn policy_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Re-reads the config file and replaces the policy; on any error the old policy stays.
     pub fn reload_policy(&self) -> Result<(), String> {
         crate::setup::check_file_trusted(&self.config_path, "config file")?;
@@ -70,6 +145,7 @@ impl App {
             Ok(mut g) => *g = Arc::new(policy),
             Err(p) => *p.into_inner() = Arc::new(policy),
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!("policy reloaded: {n} roles");
         Ok(())
     }

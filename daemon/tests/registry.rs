@@ -150,7 +150,8 @@ fn registry_versions_and_software_keys_on_softhsm() {
     for res in [km.retire("master", 1), km.destroy("master", 1)] {
         let e = res.unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
-        assert!(e.message.contains("pool-key"), "{}", e.message);
+        assert!(e.message.contains("still wraps"), "{}", e.message);
+        assert!(!e.message.contains("pool-key"), "{}", e.message);
     }
 
     let signer = km

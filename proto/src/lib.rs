@@ -4,6 +4,7 @@
 //! the map `{id, op, args}`, a response `{id, ok}` or `{id, err: {code, message}}`. See PROTOCOL.md.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod error;
 pub mod frame;
 pub mod message;

@@ -43,6 +43,7 @@ pub fn toml_str(s: &str) -> String {
 #[derive(Default)]
 pub struct DaemonBuilder {
     server: Vec<String>,
+    audit: Vec<String>,
     roles: Option<String>,
     extra: Vec<String>,
     env: Vec<(String, String)>,
@@ -75,6 +76,13 @@ impl DaemonBuilder {
     /// Adds lines (`key = value`) to the `[server]` section.
     pub fn server(mut self, lines: &[&str]) -> Self {
         self.server.extend(lines.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Adds lines (`key = value`) to the `[audit]` section (which always has `file`, unless a
+    /// line given here sets `file` itself).
+    pub fn audit(mut self, lines: &[&str]) -> Self {
+        self.audit.extend(lines.iter().map(|s| s.to_string()));
         self
     }
 
@@ -174,10 +182,21 @@ impl DaemonBuilder {
             cfg.push('\n');
         }
         cfg.push_str(&format!(
-            "\n[storage]\npath = {}\n\n[audit]\nfile = {}\n\n",
+            "\n[storage]\npath = {}\n\n[audit]\n",
             toml_str(&root.join("keys.db").to_string_lossy()),
-            toml_str(&audit.to_string_lossy())
         ));
+        if !self
+            .audit
+            .iter()
+            .any(|l| l.trim_start().starts_with("file"))
+        {
+            cfg.push_str(&format!("file = {}\n", toml_str(&audit.to_string_lossy())));
+        }
+        for l in &self.audit {
+            cfg.push_str(l);
+            cfg.push('\n');
+        }
+        cfg.push('\n');
         if let Some(t) = &swtpm {
             cfg.push_str(&format!("[tpm]\ntcti = {}\n\n", toml_str(t.tcti())));
         }

@@ -77,7 +77,7 @@ impl Hsm {
         )
     }
 
-    /// `pkcs11-tool --module SOFTHSM --token-label LABEL --login --pin PIN ARGS…` with this
+    /// `pkcs11-tool --module SOFTHSM --token-label LABEL --login --pin env:VAR ARGS…` with this
     /// token's `SOFTHSM2_CONF`; its output, successful or not.
     ///
     /// SoftHSM's file store has no lock between processes: while the process under test rewrites
@@ -89,7 +89,9 @@ impl Hsm {
         let mut attempt = 0;
         loop {
             let mut c = Command::new("pkcs11-tool");
+            // The PIN in the environment (`env:`), not on the command line.
             c.env("SOFTHSM2_CONF", &self.conf)
+                .env("CUSTODY_TEST_PIN", &pin)
                 .args([
                     "--module",
                     SOFTHSM_MODULE,
@@ -97,7 +99,7 @@ impl Hsm {
                     &self.label,
                     "--login",
                     "--pin",
-                    &pin,
+                    "env:CUSTODY_TEST_PIN",
                 ])
                 .args(args);
             let out = run_with_timeout(&mut c, Duration::from_secs(60));

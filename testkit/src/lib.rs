@@ -70,7 +70,7 @@ pub use openssl::{
 pub use presets::{hsm_daemon, tpm_builder, tpm_daemon, MOSIP_KEYS};
 pub use process::{
     bin_path, custody_bin, custodyd_bin, run_helper_test, run_ok, run_with_input, run_with_timeout,
-    stderr, stdout, wait_for, workspace_file, workspace_root, SEC,
+    stderr, stdout, wait_for, workspace_file, workspace_root, HelperAs, SEC,
 };
 pub use python::{
     py_ca, py_envelope, py_idos, py_idos_json, py_zk, python, python_tpm_primary, require_pynacl,
@@ -82,4 +82,4 @@ pub use raw::{
 };
 pub use secrets::{assert_no_secrets, secret_forms};
 pub use swtpm::Swtpm;
-pub use system::{chown_tree, ensure_system_user, Account};
+pub use system::{chown_tree, ensure_system_user, Account, Tmpfs};

@@ -168,3 +168,75 @@ pub fn run_helper_test(name: &str, env: &[(&str, &str)]) -> String {
     assert!(out.status.success(), "helper process {name} failed: {text}");
     text
 }
+
+/// A helper test of the current test executable (see [`run_helper_test`]) running as another
+/// user, with piped stdin and stdout: it reports on stdout and runs until its stdin closes.
+pub struct HelperAs {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl HelperAs {
+    /// Starts test `name` (`--exact NAME --ignored --nocapture`) as `uid:gid` with no
+    /// supplementary groups and `env` added.
+    pub fn spawn(name: &str, uid: u32, gid: u32, env: &[(&str, &str)]) -> HelperAs {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+        cmd.args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn helper");
+        let out = child.stdout.take().expect("stdout");
+        HelperAs {
+            child,
+            lines: std::io::BufReader::new(out).lines(),
+        }
+    }
+
+    /// What follows `prefix` on the next line the helper prints that contains it (the test
+    /// harness prints its own text too); panics if the helper ends first.
+    pub fn line(&mut self, prefix: &str) -> String {
+        for l in self.lines.by_ref() {
+            let l = l.expect("helper stdout");
+            // The harness prints `test NAME ... ` without a newline before the test runs.
+            if let Some(i) = l.find(prefix) {
+                return l[i + prefix.len()..].trim().to_owned();
+            }
+        }
+        panic!("helper ended before printing {prefix:?}");
+    }
+
+    /// Writes a line to the helper's stdin.
+    pub fn say(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write to helper");
+        stdin.flush().expect("flush");
+    }
+
+    /// Closes the helper's stdin and waits for it; panics unless it succeeded.
+    pub fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let st = self.child.wait().expect("wait helper");
+        assert!(st.success(), "helper failed: {st}");
+    }
+}
+
+impl Drop for HelperAs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

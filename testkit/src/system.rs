@@ -71,3 +71,58 @@ pub fn chown_tree(dir: &Path, uid: u32, gid: u32) {
         }
     }
 }
+
+/// A small tmpfs mounted at a directory (tests run as root), unmounted when dropped: for a
+/// file system that runs full.
+pub struct Tmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Creates `dir` and mounts a tmpfs of `size` (as `mount -o size=`, e.g. `"64k"`) on it.
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "mounting a tmpfs needs root (the tests run as root)"
+        );
+        std::fs::create_dir_all(dir).expect("mount point");
+        let out = run_with_timeout(
+            Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0755"),
+                    "tmpfs",
+                ])
+                .arg(dir),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "mount tmpfs: {}", stderr(&out));
+        Tmpfs {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Fills the file system up with the file `name` until writing fails (ENOSPC).
+    pub fn fill(&self, name: &str) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.join(name)).expect("filler");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        let mut byte_at_a_time = true;
+        while byte_at_a_time {
+            byte_at_a_time = f.write_all(&[0]).is_ok();
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = run_with_timeout(
+            Command::new("umount").arg("-l").arg(&self.dir),
+            Duration::from_secs(30),
+        );
+    }
+}

@@ -250,6 +250,12 @@ fn wrong_pin_gives_backend_unavailable_and_never_leaks_the_pin() {
     assert_eq!(d.terminate().code(), Some(0));
     let wrong_pin = "b4d00b4d00b4d00b4d00b4d0";
     let wrong_file = write(&d, "wrong.pin", format!("{wrong_pin}\n").as_bytes());
+    // A PIN file others can read is refused outright (issue 11); this one is only wrong.
+    std::fs::set_permissions(
+        &wrong_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let pin_file = d.hsm().unwrap().pin_file.to_string_lossy().into_owned();
     assert!(good_config.contains(&pin_file));
     d.write_raw_config(&good_config.replace(&pin_file, path_str(&wrong_file)));

@@ -109,10 +109,14 @@ impl KeyManager {
                     "external (public-only) keys are imported with keys.import, not created",
                 ))
             }
+            // A default-template TPM key's authValue may be wrapped under a master.
+            (BackendKind::Tpm, Some(_)) if spec.template == Template::Default => {}
             (BackendKind::Tpm | BackendKind::Pkcs11, Some(_)) => {
                 return Err(OpError::bad(format!(
-                    "`master` is only for the software backend, not {}",
-                    spec.backend
+                    "`master` is only for the software backend and default-template tpm keys, \
+                     not {} ({} template)",
+                    spec.backend,
+                    spec.template.as_str()
                 )))
             }
             _ => {}
@@ -122,6 +126,23 @@ impl KeyManager {
             return Err(OpError::new(
                 ErrorCode::AlreadyExists,
                 format!("key `{}` already exists", spec.name),
+            ));
+        }
+        // The TPM derives one key per MOSIP template whatever the name: a second name for it
+        // would hand the machine's key to whoever may use that name. The refusal names no key.
+        if spec.template == Template::Mosip
+            && self
+                .list()
+                .iter()
+                .any(|k| k.template == Template::Mosip && k.kind == spec.kind)
+        {
+            return Err(OpError::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "a {} key with the mosip template already exists: the TPM holds one key per \
+                     MOSIP template",
+                    spec.kind
+                ),
             ));
         }
         let mut rec = KeyRecord {
@@ -294,17 +315,22 @@ impl KeyManager {
         }
         // A master version still wrapping a live (not destroyed) software key version must stay
         // usable, or that key is lost.
-        if let Some(user) = self.list().iter().find(|k| {
-            k.versions.iter().any(|w| {
+        // The refusal names no key: the caller may not be allowed to see the wrapped ones.
+        let wrapped = self
+            .list()
+            .iter()
+            .flat_map(|k| k.versions.iter())
+            .filter(|w| {
                 w.is_live()
                     && w.sealed
                         .as_ref()
                         .is_some_and(|s| s.master.name == name && s.master.version == version)
             })
-        }) {
+            .count();
+        if wrapped > 0 {
             return Err(OpError::bad(format!(
-                "version {version} of `{name}` still wraps key `{}`; destroy those versions first",
-                user.name
+                "version {version} of `{name}` still wraps {wrapped} live software key \
+                 version(s); destroy those versions first"
             )));
         }
         if let Some(pool) = self.pool_using(name, version) {

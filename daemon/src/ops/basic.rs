@@ -18,9 +18,19 @@ impl Handle for Ping {
     }
 }
 
+/// The right that shows `status`'s details (per-op counters of every caller, backend details
+/// such as the token label and model or the TPM's TCTI): a role whose `ops` match it (`*`,
+/// `status.*`). Others see the backends' health only.
+pub const STATUS_DETAIL: &str = "status.detail";
+
 impl Handle for Status {
     /// Version, uptime, connections, backend health (probed now), per-op counters.
     async fn handle(ctx: &mut Ctx, _args: StatusArgs) -> Result<StatusResult, OpError> {
+        let detail = ctx
+            .app
+            .policy()
+            .check(&ctx.peer, STATUS_DETAIL, None)
+            .is_ok();
         let kinds = ctx.app.keys.backend_kinds();
         let backends = match ctx.blocking(|app| Ok(app.keys.health())).await {
             Ok(h) => h
@@ -28,7 +38,13 @@ impl Handle for Status {
                 .map(|(k, h)| BackendStatus {
                     name: k.as_str().into(),
                     ok: h.ok,
-                    detail: h.detail,
+                    detail: if detail {
+                        h.detail
+                    } else if h.ok {
+                        "ok".into()
+                    } else {
+                        "unavailable".into()
+                    },
                 })
                 .collect(),
             Err(e) => kinds
@@ -36,7 +52,11 @@ impl Handle for Status {
                 .map(|k| BackendStatus {
                     name: k.as_str().into(),
                     ok: false,
-                    detail: e.message.clone(),
+                    detail: if detail {
+                        e.message.clone()
+                    } else {
+                        "unavailable".into()
+                    },
                 })
                 .collect(),
         };
@@ -47,7 +67,11 @@ impl Handle for Status {
             uptime_secs: app.started.elapsed().as_secs(),
             connections: app.stats.connections(),
             backends,
-            ops: app.stats.snapshot(),
+            ops: if detail {
+                app.stats.snapshot()
+            } else {
+                Default::default()
+            },
         })
     }
 }

@@ -207,17 +207,19 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
             .collect::<String>()
             .escape_default()
             .to_string();
-        let policy = app.policy();
-        let roles = policy.roles_of(peer);
-        app.audit.write(&Record::new(
+        // No role allowed anything: the line names none.
+        let audited = app.audit(&Record::new(
             peer,
-            roles.first().copied(),
+            None,
             &shown,
             None,
             None,
             ErrorCode::UnknownOp.as_str(),
             start.elapsed(),
         ));
+        if let Some(refused) = audit_refusal(app, req.id, audited) {
+            return refused;
+        }
         return Response::err(
             req.id,
             WireError::new(ErrorCode::UnknownOp, format!("unknown op `{shown}`")),
@@ -248,11 +250,33 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
         start.elapsed(),
     );
     record.target = ctx.target.as_deref();
-    app.audit.write(&record);
+    let audited = app.audit(&record);
+    if let Some(refused) = audit_refusal(app, id, audited) {
+        if let Ok(mut v) = result {
+            scrub_value(&mut v);
+        }
+        return refused;
+    }
     match result {
         Ok(v) => Response { id, result: Ok(v) },
         Err(e) => Response::err(id, e.into()),
     }
+}
+
+/// With `audit.required`, an op whose audit line could not be written is answered `internal`
+/// ("audit unavailable") instead of its result.
+fn audit_refusal(app: &App, id: u64, audited: Result<(), String>) -> Option<Response> {
+    let e = audited.err()?;
+    tracing::error!("audit line not written: {e}");
+    app.config.audit.required.then(|| {
+        Response::err(
+            id,
+            WireError::new(
+                ErrorCode::Internal,
+                "audit unavailable: the op was not answered",
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -285,7 +309,7 @@ mod tests {
         );
         let config = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
         let policy = crate::auth::Policy::from_config(&config.roles).unwrap();
-        let audit = crate::audit::AuditLog::open(config.audit.file.as_deref()).unwrap();
+        let audit = crate::audit::AuditLog::open(&config.audit).unwrap();
         let keys =
             crate::keys::KeyManager::open(&config.storage.path, Vec::new(), config.keys.defaults)
                 .unwrap();

@@ -9,7 +9,7 @@ use custody_proto::{frame, ErrorCode, FrameError, Request, Response, WireError, 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 
 use zeroize::Zeroize;
@@ -32,6 +32,18 @@ pub struct Limits {
     pub frame: Duration,
 }
 
+/// What the accept loop decided about a connection.
+pub struct ConnOpts {
+    /// The caller has no role at all: it is answered `hello` and one request (refused and
+    /// audited by dispatch), then closed, and it must be quick (the frame timeout is its idle
+    /// timeout). It holds no connection slot.
+    pub roleless: bool,
+    /// The global budget of bytes held in frames still arriving (one permit per byte).
+    pub budget: Arc<Semaphore>,
+    /// Policy generation the peer's groups were resolved at.
+    pub generation: u64,
+}
+
 enum ReadFault {
     /// Peer closed, or stayed idle past the idle timeout with nothing in flight.
     Closed,
@@ -41,12 +53,26 @@ enum ReadFault {
     Frame(FrameError),
     /// Socket error.
     Io,
+    /// The frame does not fit into what is left of the buffered-bytes budget.
+    Budget,
 }
 
 /// Serves one connection until the peer leaves, misbehaves, or shutdown is signalled; then
 /// finishes the requests in flight and writes their responses before returning.
-pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: Shutdown) {
-    let limits = limits(&app);
+pub async fn serve(
+    stream: UnixStream,
+    mut peer: Peer,
+    app: Arc<App>,
+    mut shutdown: Shutdown,
+    opts: ConnOpts,
+) {
+    let mut limits = limits(&app);
+    if opts.roleless {
+        limits.idle = limits.idle.min(limits.frame);
+    }
+    let mut generation = opts.generation;
+    // Empty frames do not count as activity: the idle timer runs from the last real frame.
+    let mut active = Instant::now();
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Response>(limits.max_in_flight + 2);
     let writer = tokio::spawn(write_loop(wr, rx, limits.max_frame, limits.idle));
@@ -63,11 +89,11 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
         };
         let busy = || inflight.available_permits() + 1 < limits.max_in_flight;
         let body = tokio::select! {
-            r = read_frame(&mut rd, &limits, busy) => r,
+            r = read_frame(&mut rd, &limits, &mut active, busy, &opts.budget) => r,
             _ = shutdown.recv() => break,
             _ = tx.closed() => break,
         };
-        let mut body = match body {
+        let (mut body, held) = match body {
             Ok(b) => b,
             Err(ReadFault::Frame(FrameError::Empty)) => {
                 let e = WireError::new(ErrorCode::BadRequest, "empty frame");
@@ -93,10 +119,21 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
                 );
                 break;
             }
+            Err(ReadFault::Budget) => {
+                tracing::debug!(uid = peer.uid, "closing connection: frame budget exhausted");
+                let e = WireError::new(
+                    ErrorCode::Busy,
+                    "the daemon is receiving too much data at once; retry later",
+                );
+                let _ = tx.send(Response::err(0, e)).await;
+                break;
+            }
             Err(ReadFault::Closed | ReadFault::Io) => break,
         };
+        active = Instant::now();
         let decoded = Request::decode(&body);
         body.zeroize();
+        drop(held);
         let req = match decoded {
             Ok(r) => r,
             Err((id, e)) => {
@@ -127,12 +164,22 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             }
             continue;
         }
+        // After a policy reload, the caller's groups are looked up again (off the runtime
+        // threads): a member removed from a group loses the group's roles on open connections.
+        let now_gen = app.policy_generation();
+        if now_gen != generation {
+            generation = now_gen;
+            peer = resolve_peer(peer.uid, peer.gid, peer.pid).await;
+        }
         let (app, peer, tx) = (app.clone(), peer.clone(), tx.clone());
         tokio::spawn(async move {
             let resp = ops::dispatch(&app, &peer, req).await;
             let _ = tx.send(resp).await;
             drop(permit);
         });
+        if opts.roleless {
+            break;
+        }
     }
     // Drain: wait until every spawned request has answered, then let the writer flush and stop.
     let _ = inflight.acquire_many(limits.max_in_flight as u32).await;
@@ -181,22 +228,42 @@ fn hello(req: &Request, limits: &Limits) -> Response {
     )
 }
 
-/// Reads one frame body. The first byte may take up to the idle timeout (indefinitely while
-/// `busy()` says requests are in flight); the rest of the frame must follow within the frame
-/// timeout. The header is checked before any body buffer is allocated, and the body buffer grows
-/// only as bytes arrive.
+/// The caller's identity with its groups from the group database, looked up on a blocking
+/// thread (NSS may read files or ask a directory service).
+pub async fn resolve_peer(uid: u32, gid: u32, pid: Option<i32>) -> Peer {
+    match tokio::task::spawn_blocking(move || Peer::from_creds(uid, gid, pid)).await {
+        Ok(p) => p,
+        Err(_) => Peer {
+            uid,
+            gid,
+            pid,
+            groups: Vec::new(),
+        },
+    }
+}
+
+/// Reads one frame body. The first byte may come up to the idle timeout after `active` (the last
+/// real frame; indefinitely while `busy()` says requests are in flight); the rest of the frame
+/// must follow within the frame timeout. The header is checked before any body buffer is
+/// allocated; the frame's length is then taken from the global `budget` (no room: `busy`), and
+/// the body buffer grows only as bytes arrive.
 async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
     limits: &Limits,
+    active: &mut Instant,
     busy: impl Fn() -> bool,
-) -> Result<Vec<u8>, ReadFault> {
+    budget: &Arc<Semaphore>,
+) -> Result<(Vec<u8>, OwnedSemaphorePermit), ReadFault> {
     let mut header = [0u8; frame::HEADER_LEN];
     loop {
-        match timeout(limits.idle, rd.read(&mut header[..1])).await {
+        match timeout_at(*active + limits.idle, rd.read(&mut header[..1])).await {
             Ok(Ok(0)) => return Err(ReadFault::Closed),
             Ok(Ok(_)) => break,
             Ok(Err(_)) => return Err(ReadFault::Io),
-            Err(_) if busy() => continue,
+            Err(_) if busy() => {
+                *active = Instant::now();
+                continue;
+            }
             Err(_) => return Err(ReadFault::Closed),
         }
     }
@@ -207,9 +274,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
         Err(_) => return Err(ReadFault::Stalled),
     }
     let len = frame::body_len(header, limits.max_frame).map_err(ReadFault::Frame)?;
+    let held = budget
+        .clone()
+        .try_acquire_many_owned(len as u32)
+        .map_err(|_| ReadFault::Budget)?;
     let mut body = Vec::with_capacity(len.min(64 * 1024));
     match timeout_at(deadline, rd.take(len as u64).read_to_end(&mut body)).await {
-        Ok(Ok(n)) if n == len => Ok(body),
+        Ok(Ok(n)) if n == len => Ok((body, held)),
         Ok(_) => Err(ReadFault::Io),
         Err(_) => Err(ReadFault::Stalled),
     }

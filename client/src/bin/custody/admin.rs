@@ -1,7 +1,5 @@
 //! `admin backup`: operating the daemon itself.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -64,23 +62,12 @@ fn backup(c: &BlockingClient, json: bool, out: &Path) -> Out {
     Ok(())
 }
 
-/// Writes a file readable by its owner only (or stdout for `-`).
+/// Writes a file readable by its owner only (or stdout for `-`), synced to disk.
 fn write_private(path: &Path, data: &[u8]) -> Out {
     if path.as_os_str() == "-" {
         return crate::io::write_output(path, data);
     }
-    let fail = |e: std::io::Error| Failure::Usage(format!("cannot write {}: {e}", path.display()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(fail)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(fail)?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .map_err(fail)?;
-    Ok(())
+    crate::io::write_private(path, data)
+        .and_then(|()| std::fs::File::open(path)?.sync_all())
+        .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))
 }

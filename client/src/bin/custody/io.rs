@@ -41,10 +41,31 @@ pub fn write_output(path: &Path, data: &[u8]) -> Out {
         out.write_all(data)?;
         out.flush()?;
     } else {
-        std::fs::write(path, data)
+        write_private(path, data)
             .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(())
+}
+
+/// Writes `data` to a file readable by its owner only (mode 0600, also when a regular file
+/// existed with a wider mode), never through a symbolic link: outputs may be plaintexts and data
+/// keys.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // A regular file that existed with a wider mode is narrowed (through the descriptor);
+    // devices and pipes (`/dev/null`) are left alone.
+    if f.metadata()?.is_file() {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(data)?;
+    f.flush()
 }
 
 /// Reads an input, decoding base64/base64url when `base64` is set.

@@ -30,7 +30,8 @@ pub enum Cmd {
         /// default or mosip (TPM: MOSIP registration-client template).
         #[arg(long)]
         template: Option<String>,
-        /// Master key (an aes256 key in the HSM) for the software backend.
+        /// Master key (an aes256 key in the HSM): wraps a software key's secret, or a
+        /// default-template TPM key's authValue.
         #[arg(long)]
         master: Option<String>,
         /// Validity of each version, days.

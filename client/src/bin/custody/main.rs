@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audit;
 mod basic;
 mod box_;
 mod certs;
@@ -41,6 +42,10 @@ struct Cli {
     /// Print results (and errors) as JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// Refuse to talk to a socket not served by this uid (e.g. `$(id -u custodyd)`) [default:
+    /// $CUSTODY_SERVER_UID, else not checked].
+    #[arg(long, global = true, value_name = "UID")]
+    server_uid: Option<u32>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -70,6 +75,9 @@ enum Cmd {
     /// Operate the daemon (backup).
     #[command(subcommand)]
     Admin(admin::Cmd),
+    /// Check an audit file's hash chain and checkpoint signatures (offline: no daemon needed).
+    #[command(subcommand)]
+    Audit(audit::Cmd),
     /// Write the man page and shell completions into DIR (for packaging).
     #[command(hide = true)]
     GenerateAssets {
@@ -112,12 +120,28 @@ fn main() -> ExitCode {
             }
         };
     }
+    let cli = match cli.cmd {
+        Cmd::Audit(cmd) => return ExitCode::from(audit::run(cli.json, cmd)),
+        cmd => Cli { cmd, ..cli },
+    };
     let socket = cli
         .socket
         .clone()
         .unwrap_or_else(custody_client::default_socket);
     let json = cli.json;
-    let result = BlockingClient::connect(&socket)
+    let server_uid = match cli
+        .server_uid
+        .map(Some)
+        .map(Ok)
+        .unwrap_or_else(custody_client::server_uid_from_env)
+    {
+        Ok(u) => u,
+        Err(e) => {
+            report(json, "usage", &e);
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let result = BlockingClient::connect_checked(&socket, server_uid)
         .map_err(Failure::from)
         .and_then(|c| run(&c, json, cli.cmd));
     let code = match result {
@@ -152,7 +176,7 @@ fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
         Cmd::Box(cmd) => box_::run(c, json, cmd),
         Cmd::Zk(cmd) => zk::run(c, json, cmd),
         Cmd::Admin(cmd) => admin::run(c, json, cmd),
-        Cmd::GenerateAssets { .. } => Ok(()),
+        Cmd::GenerateAssets { .. } | Cmd::Audit(_) => Ok(()),
     }
 }
 
@@ -176,7 +200,8 @@ fn generate_assets(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Reports a failure: `custody: CODE: message` on stderr, or a JSON error object on stdout.
-fn report(json: bool, code: &str, message: &str) {
+/// Prints a failure: `custody: CODE: MESSAGE` on stderr, or `{"error": …}` on stdout with `--json`.
+pub(crate) fn report(json: bool, code: &str, message: &str) {
     if json {
         println!("{}", json!({"error": {"code": code, "message": message}}));
     } else {

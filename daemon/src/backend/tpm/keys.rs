@@ -6,7 +6,10 @@
 //! - `persistent:0x81010100:<16 hex>`: a default-template key persisted at that handle; the
 //!   suffix is the first 8 bytes of SHA-256 over the key's marshalled `TPMT_PUBLIC`, checked
 //!   every time the handle is opened, so a reference can never reach another key that was later
-//!   persisted at a reused handle. The suffix is required.
+//!   persisted at a reused handle. The suffix is required. Keys created since issue 11 carry
+//!   `;auth=<64 hex>`: the key's random authValue, which the daemon alone holds (in its registry)
+//!   and sets on every use, so another process that can open the TPM cannot use the key. A
+//!   reference without it (an older key) is used with the empty authValue it was made with.
 
 use rsa::{pkcs8::EncodePublicKey, BigUint, RsaPublicKey};
 use tss_esapi::{
@@ -48,6 +51,58 @@ pub enum TpmRef {
     Persistent(u32, Option<[u8; 8]>),
 }
 
+/// Bytes of a default-template key's authValue (the nameAlg's digest size, SHA-256).
+pub const AUTH_LEN: usize = 32;
+
+/// A key's authValue as the daemon holds it: empty for MOSIP primaries and older keys. Never
+/// printed (`Debug` says only whether it is set).
+#[derive(Clone, Default)]
+pub struct KeyAuth(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for KeyAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KeyAuth({})",
+            if self.0.is_empty() { "empty" } else { "set" }
+        )
+    }
+}
+
+impl KeyAuth {
+    /// A fresh random authValue.
+    pub fn random() -> KeyAuth {
+        use rand::RngCore;
+        let mut v = zeroize::Zeroizing::new(vec![0u8; AUTH_LEN]);
+        rand::rngs::OsRng.fill_bytes(&mut v);
+        KeyAuth(v)
+    }
+
+    /// An authValue unwrapped from the registry.
+    pub fn from_bytes(bytes: zeroize::Zeroizing<Vec<u8>>) -> KeyAuth {
+        KeyAuth(bytes)
+    }
+
+    /// True for the empty authValue.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The reference suffix that records it (`;auth=<hex>`; empty for the empty authValue).
+    pub fn suffix(&self) -> String {
+        if self.0.is_empty() {
+            String::new()
+        } else {
+            format!(";auth={}", hex::encode(&*self.0))
+        }
+    }
+}
+
 /// First 8 bytes of SHA-256 over a marshalled `TPMT_PUBLIC`.
 pub fn fingerprint(tpmt: &[u8]) -> [u8; 8] {
     use sha2::{Digest, Sha256};
@@ -73,6 +128,29 @@ pub fn check_fingerprint(key: TpmRef, public: &Public) -> Result<(), BackendErro
 }
 
 impl TpmRef {
+    /// Parses a reference with its authValue suffix (see the module docs); error messages never
+    /// show the authValue.
+    pub fn parse_with_auth(
+        s: &str,
+        persistent_base: u32,
+    ) -> Result<(TpmRef, KeyAuth), BackendError> {
+        let (key, auth) = match s.split_once(";auth=") {
+            None => (s, KeyAuth::default()),
+            Some((key, a)) => {
+                let bytes = zeroize::Zeroizing::new(hex::decode(a).map_err(|_| {
+                    BackendError::NotFound(format!("not a TPM key reference: {key:?} (bad auth)"))
+                })?);
+                if bytes.len() != AUTH_LEN {
+                    return Err(BackendError::NotFound(format!(
+                        "not a TPM key reference: {key:?} (bad auth length)"
+                    )));
+                }
+                (key, KeyAuth(bytes))
+            }
+        };
+        Ok((TpmRef::parse(key, persistent_base)?, auth))
+    }
+
     /// Parses a reference; handles outside `[base, base + PERSISTENT_RANGE)` are rejected so a
     /// registry entry can never address (or evict) someone else's persistent object such as the EK.
     pub fn parse(s: &str, persistent_base: u32) -> Result<TpmRef, BackendError> {

@@ -9,7 +9,9 @@
 //! - `mosip:sign`, `mosip:encrypt`: MOSIP registration-client primaries ([`crate::backend::Template::Mosip`]),
 //!   recreated from the exact templates under the endorsement hierarchy, never persisted;
 //! - `persistent:0x81010100`: default-template keys, children of the owner storage primary,
-//!   persisted with EvictControl from [`TpmConfig::persistent_base`] upwards.
+//!   persisted with EvictControl from [`TpmConfig::persistent_base`] upwards, each with a random
+//!   authValue recorded in its reference (the registry) and set on every use; MOSIP primaries
+//!   keep the empty authValue MOSIP defines.
 //!
 //! Cost on swtpm (2-core machine): an RSA-2048 CreatePrimary takes about 30-150 ms, a signature
 //! about 3-5 ms, so the two MOSIP primaries stay loaded between requests (checked with ReadPublic
@@ -33,7 +35,7 @@ use std::{
 use zeroize::Zeroizing;
 
 use self::{
-    keys::TpmRef,
+    keys::{KeyAuth, TpmRef},
     worker::{Request, Worker},
 };
 use super::{
@@ -137,7 +139,27 @@ impl TpmBackend {
     }
 
     fn parse(&self, backend_ref: &str) -> Result<TpmRef, BackendError> {
-        TpmRef::parse(backend_ref, self.cfg.persistent_base)
+        self.parse_with_auth(backend_ref).map(|(k, _)| k)
+    }
+
+    fn parse_with_auth(&self, backend_ref: &str) -> Result<(TpmRef, KeyAuth), BackendError> {
+        TpmRef::parse_with_auth(backend_ref, self.cfg.persistent_base)
+    }
+
+    /// The authValue of `key`: unwrapped by its master when the registry holds it wrapped,
+    /// else the one recorded in its reference (empty for MOSIP primaries and older keys).
+    fn auth_of(&self, key: &KeyRef<'_>) -> Result<KeyAuth, BackendError> {
+        match key.sealed {
+            Some(s) => {
+                let bytes = s.master.backend.unwrap_secret(
+                    &KeyRef::object(&s.master.object),
+                    &s.blob,
+                    &s.aad,
+                )?;
+                Ok(KeyAuth::from_bytes(bytes))
+            }
+            None => self.parse_with_auth(key.object).map(|(_, a)| a),
+        }
     }
 
     /// Runs `f` on the worker and waits at most `op_timeout` for its answer.
@@ -210,10 +232,31 @@ impl Backend for TpmBackend {
 
     fn create(&self, spec: &NewKey<'_>) -> Result<CreatedKey, BackendError> {
         let (kind, template, base) = (spec.kind, spec.template, self.cfg.persistent_base);
+        // A default-template key's authValue: wrapped under the master when one is given (the
+        // registry then holds only the wrapped blob), else recorded in the reference.
+        let auth = KeyAuth::random();
+        let sealed = match (spec.master, template) {
+            (None, _) => None,
+            (Some(_), crate::backend::Template::Mosip) => {
+                return Err(BackendError::BadInput(
+                    "mosip-template keys have MOSIP's empty authValue: no master".into(),
+                ))
+            }
+            (Some((master, aad)), _) => Some(master.backend.wrap_secret(
+                &KeyRef::object(&master.object),
+                auth.bytes(),
+                aad,
+            )?),
+        };
+        let record_auth = sealed.is_none();
         // RSA key generation takes seconds on a TPM (up to a minute on some): not bound by the
         // short per-operation timeout meant for signatures.
         let limit = self.cfg.op_timeout.max(crate::backend::KEYGEN_TIMEOUT);
-        self.call_within("create", limit, move |w| w.op_create(kind, template, base))
+        let mut created = self.call_within("create", limit, move |w| {
+            w.op_create(kind, template, base, &auth, record_auth)
+        })?;
+        created.sealed = sealed;
+        Ok(created)
     }
 
     fn public_key(&self, key: &KeyRef<'_>, kind: KeyKind) -> Result<PublicKeyInfo, BackendError> {
@@ -227,9 +270,10 @@ impl Backend for TpmBackend {
         digest: &[u8; 32],
         scheme: SignScheme,
     ) -> Result<Vec<u8>, BackendError> {
-        let key = self.parse(key.object)?;
+        let auth = self.auth_of(key)?;
+        let (key, _) = self.parse_with_auth(key.object)?;
         let digest = *digest;
-        self.call("sign", move |w| w.op_sign(key, &digest, scheme))
+        self.call("sign", move |w| w.op_sign(key, &auth, &digest, scheme))
     }
 
     fn decrypt_oaep(
@@ -245,9 +289,10 @@ impl Backend for TpmBackend {
                 ciphertext.len()
             )));
         }
-        let key = self.parse(key.object)?;
+        let auth = self.auth_of(key)?;
+        let (key, _) = self.parse_with_auth(key.object)?;
         let (ct, label) = (ciphertext.to_vec(), label.to_vec());
-        self.call("decrypt", move |w| w.op_decrypt(key, &ct, &label))
+        self.call("decrypt", move |w| w.op_decrypt(key, &auth, &ct, &label))
     }
 
     fn destroy(&self, key: &KeyRef<'_>) -> Result<(), BackendError> {

@@ -20,7 +20,8 @@ use zeroize::Zeroizing;
 use super::{
     error::{classify, describe, Class},
     keys::{
-        check_fingerprint, fingerprint, public_info, MosipKey, RsaFacts, TpmRef, PERSISTENT_RANGE,
+        check_fingerprint, fingerprint, public_info, KeyAuth, MosipKey, RsaFacts, TpmRef,
+        PERSISTENT_RANGE,
     },
     templates,
     worker::Worker,
@@ -41,6 +42,26 @@ struct Opened {
 }
 
 impl Worker {
+    /// Opens `key` for use, with its authValue set on the handle (the empty one for MOSIP
+    /// primaries and older keys).
+    fn open_with(&mut self, key: TpmRef, auth: &KeyAuth) -> Result<Opened, BackendError> {
+        let opened = self.open(key)?;
+        if opened.persistent && !auth.is_empty() {
+            let value = tss_esapi::structures::Auth::try_from(auth.bytes().to_vec())
+                .map_err(|e| BackendError::Internal(format!("key authValue: {e}")));
+            let set = value.and_then(|v| {
+                let ctx = self.ctx()?;
+                ctx.tr_set_auth(opened.handle.into(), v)
+                    .map_err(|e| BackendError::Internal(format!("setting key authValue: {e}")))
+            });
+            if let Err(e) = set {
+                self.release(opened);
+                return Err(e);
+            }
+        }
+        Ok(opened)
+    }
+
     fn open(&mut self, key: TpmRef) -> Result<Opened, BackendError> {
         match key {
             TpmRef::Mosip(m) => {
@@ -140,11 +161,15 @@ impl Worker {
     }
 
     /// Creates (MOSIP: recreates) a key.
+    /// A default-template key gets `auth` as its authValue, recorded in the reference when
+    /// `record_auth` (else the caller keeps it wrapped).
     pub fn op_create(
         &mut self,
         kind: KeyKind,
         template: Template,
         persistent_base: u32,
+        auth: &KeyAuth,
+        record_auth: bool,
     ) -> Result<CreatedKey, BackendError> {
         let child_template = match kind {
             KeyKind::Aes256 | KeyKind::X25519 | KeyKind::Ed25519 => {
@@ -170,11 +195,16 @@ impl Worker {
             }
             Template::Default => {
                 let template = child_template()?;
-                let (handle, public) = self.create_persistent(template, persistent_base)?;
+                let (handle, public) = self.create_persistent(template, persistent_base, auth)?;
                 let info = public_info(&public)?;
                 let fp = info.tpmt.as_deref().map(fingerprint);
+                let suffix = if record_auth {
+                    auth.suffix()
+                } else {
+                    String::new()
+                };
                 Ok(CreatedKey {
-                    backend_ref: TpmRef::Persistent(handle, fp).to_string(),
+                    backend_ref: format!("{}{suffix}", TpmRef::Persistent(handle, fp)),
                     public: Some(info),
                     sealed: None,
                 })
@@ -182,12 +212,16 @@ impl Worker {
         }
     }
 
-    /// Creates a child of the owner storage primary and persists it at the first free handle.
+    /// Creates a child of the owner storage primary with authValue `auth` and persists it at the
+    /// first free handle.
     fn create_persistent(
         &mut self,
         template: Public,
         base: u32,
+        auth: &KeyAuth,
     ) -> Result<(u32, Public), BackendError> {
+        let auth_value = tss_esapi::structures::Auth::try_from(auth.bytes().to_vec())
+            .map_err(|e| BackendError::Internal(format!("key authValue: {e}")))?;
         let used = self.persistent_in_use(base, PERSISTENT_RANGE)?;
         let handle = (base..base.saturating_add(PERSISTENT_RANGE))
             .find(|h| !used.contains(h))
@@ -202,7 +236,7 @@ impl Worker {
         let created = {
             let ctx = self.ctx()?;
             ctx.execute_with_session(Some(AuthSession::Password), |c| {
-                let r = c.create(srk, template, None, None, None, None)?;
+                let r = c.create(srk, template, Some(auth_value), None, None, None)?;
                 let loaded = c.load(srk, r.out_private, r.out_public.clone())?;
                 Ok::<_, tss_esapi::Error>((loaded, r.out_public))
             })
@@ -240,6 +274,7 @@ impl Worker {
     pub fn op_sign(
         &mut self,
         key: TpmRef,
+        auth: &KeyAuth,
         digest: &[u8; 32],
         scheme: SignScheme,
     ) -> Result<Vec<u8>, BackendError> {
@@ -248,7 +283,7 @@ impl Worker {
                 "{key} is not an rsa2048-sign key"
             )));
         }
-        let opened = self.open(key)?;
+        let opened = self.open_with(key, auth)?;
         let res = self.sign_with(&opened, digest, scheme);
         self.release(opened);
         res
@@ -328,6 +363,7 @@ impl Worker {
     pub fn op_decrypt(
         &mut self,
         key: TpmRef,
+        auth: &KeyAuth,
         ciphertext: &[u8],
         label: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
@@ -345,7 +381,7 @@ impl Worker {
         let label = tpm_label(label)?;
         let ct = PublicKeyRsa::try_from(ciphertext.to_vec())
             .map_err(|e| BackendError::BadInput(format!("ciphertext: {e}")))?;
-        let opened = self.open(key)?;
+        let opened = self.open_with(key, auth)?;
         let res = match RsaFacts::of(&opened.public).and_then(|f| f.require(KeyKind::Rsa2048Oaep)) {
             Err(e) => Err(e),
             Ok(()) => {
