@@ -136,7 +136,10 @@ fn fail(stats: &Shared, op: &str, why: String) {
 
 /// Public keys by (key, version), fetched once.
 #[derive(Default, Clone)]
-struct Publics(Arc<Mutex<BTreeMap<(String, u32), Vec<u8>>>>);
+struct Publics(Arc<Mutex<PublicMap>>);
+
+/// DER public keys by (key, version).
+type PublicMap = BTreeMap<(String, u32), Vec<u8>>;
 
 impl Publics {
     async fn der(&self, c: &Client, key: &str, version: u32) -> Vec<u8> {
