@@ -70,6 +70,9 @@ impl ClientError {
 
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
 
+/// How long `connect` retries while the daemon's listen queue is full (EAGAIN).
+pub const CONNECT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// An async, pipelining connection. Clone-free: share it behind an `Arc`; every method takes `&self`.
 pub struct Client {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
@@ -99,12 +102,29 @@ impl Client {
         path: impl AsRef<Path>,
         server_uid: Option<u32>,
     ) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path.as_ref()).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot connect to {}: {e}", path.as_ref().display()),
-            )
-        })?;
+        // A full listen queue (a burst of connections, or a flood) answers EAGAIN: retried
+        // with backoff for up to CONNECT_RETRY before giving up.
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(5);
+        let stream = loop {
+            match UnixStream::connect(path.as_ref()).await {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && started.elapsed() < CONNECT_RETRY =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                }
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot connect to {}: {e}", path.as_ref().display()),
+                    )
+                    .into())
+                }
+            }
+        };
         if let Some(want) = server_uid {
             let got = stream.peer_cred()?.uid();
             if got != want {

@@ -394,14 +394,15 @@ impl Config {
         if s.max_frame < 1024 {
             return Err(bad("server.max_frame", "must be at least 1024".into()));
         }
-        if s.max_buffered_bytes < u64::from(s.max_frame)
+        // One uid may hold a quarter of the budget, and must fit one whole frame in it.
+        if s.max_buffered_bytes < 4 * u64::from(s.max_frame)
             || s.max_buffered_bytes > u64::from(u32::MAX)
         {
             return Err(bad(
                 "server.max_buffered_bytes",
                 format!(
-                    "must be at least server.max_frame ({}) and below 4 GiB",
-                    s.max_frame
+                    "must be at least 4 × server.max_frame ({}) and below 4 GiB",
+                    4 * u64::from(s.max_frame)
                 ),
             ));
         }

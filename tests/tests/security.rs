@@ -182,38 +182,47 @@ fn empty_frames_do_not_reset_the_idle_timer() {
 }
 
 /// Finding 2: the bytes all connections buffer in frames still arriving are bounded
-/// (`server.max_buffered_bytes`): a frame that does not fit is answered `busy`.
+/// (`server.max_buffered_bytes`, counted as they arrive), and one uid may hold at most a quarter
+/// of it: a frame that does not fit is answered `busy`, while another uid's requests are still
+/// read.
 #[test]
 fn partial_frames_share_one_byte_budget() {
     let mut d = DaemonBuilder::new()
+        .dir_mode(0o755)
         .server(&[
+            "socket_mode = \"0666\"",
             "max_frame = 65536",
-            "max_buffered_bytes = 135168",
+            "max_buffered_bytes = 262144",
             "frame_timeout_secs = 2",
         ])
         .start();
-    let mut stalled = Vec::new();
-    for _ in 0..2 {
-        let mut c = d.raw();
-        assert!(c.hello().unwrap().result.is_ok());
-        c.send_bytes(&65536u32.to_be_bytes()).unwrap();
-        c.send_bytes(&[0u8; 100]).unwrap();
-        stalled.push(c);
-    }
+    let mut second = d.raw();
+    assert!(second.hello().unwrap().result.is_ok());
+    // One stalled 64 KiB frame fills root's quarter (64 KiB) …
+    let mut stalled = d.raw();
+    assert!(stalled.hello().unwrap().result.is_ok());
+    stalled.send_bytes(&65536u32.to_be_bytes()).unwrap();
+    stalled.send_bytes(&[0u8; 100]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let mut third = d.raw();
-    assert!(third.hello().unwrap().result.is_ok());
-    third.send_bytes(&65536u32.to_be_bytes()).unwrap();
-    match third.read(Duration::from_secs(6)) {
+    // … so root's next frame does not fit: busy.
+    second.send_bytes(&65536u32.to_be_bytes()).unwrap();
+    second.send_bytes(&[0u8; 100]).unwrap();
+    match second.read(Duration::from_secs(6)) {
         Reply::Frame(r) => assert_eq!(err_code(&r), Some(ErrorCode::Busy), "{r:?}"),
         other => panic!("expected busy, got {other:?}"),
     }
-    // Small requests still fit.
-    cli_ok(&d, &["ping"]);
-    // The stalled frames time out and give their bytes back: a large frame fits again.
-    for mut c in stalled {
-        assert!(matches!(c.read(Duration::from_secs(6)), Reply::Closed));
-    }
+    // Another uid is still read (and refused for its lack of a role, not for the budget).
+    let (_, out) = d.cli_as("nobody", "nogroup", &["ping"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission_denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The stalled frame times out and gives its bytes back: a large frame fits again.
+    assert!(matches!(
+        stalled.read(Duration::from_secs(6)),
+        Reply::Closed
+    ));
     let mut fourth = d.raw();
     assert!(fourth.hello().unwrap().result.is_ok());
     let big = request_body(7, proto::ops::names::PING, &ping_args(&[7u8; 60_000]));

@@ -40,6 +40,8 @@ pub struct ConnOpts {
     pub roleless: bool,
     /// The global budget of bytes held in frames still arriving (one permit per byte).
     pub budget: Arc<Semaphore>,
+    /// The caller's uid's share of it (a quarter): one uid cannot take the whole budget.
+    pub uid_budget: Arc<Semaphore>,
     /// Policy generation the peer's groups were resolved at.
     pub generation: u64,
 }
@@ -69,6 +71,8 @@ pub async fn serve(
     let mut limits = limits(&app);
     if opts.roleless {
         limits.idle = limits.idle.min(limits.frame);
+        // `hello` and one request that will be refused: small frames are enough.
+        limits.max_frame = limits.max_frame.min(ROLELESS_MAX_FRAME);
     }
     let mut generation = opts.generation;
     // Empty frames do not count as activity: the idle timer runs from the last real frame.
@@ -89,7 +93,7 @@ pub async fn serve(
         };
         let busy = || inflight.available_permits() + 1 < limits.max_in_flight;
         let body = tokio::select! {
-            r = read_frame(&mut rd, &limits, &mut active, busy, &opts.budget) => r,
+            r = read_frame(&mut rd, &limits, &mut active, busy, [&opts.budget, &opts.uid_budget]) => r,
             _ = shutdown.recv() => break,
             _ = tx.closed() => break,
         };
@@ -242,18 +246,25 @@ pub async fn resolve_peer(uid: u32, gid: u32, pid: Option<i32>) -> Peer {
     }
 }
 
+/// Largest frame a caller without any role may send (`hello` and one refused request).
+const ROLELESS_MAX_FRAME: u32 = 64 * 1024;
+
+/// Bytes of a frame taken from the budgets at a time, as they arrive.
+const BUDGET_STEP: usize = 64 * 1024;
+
 /// Reads one frame body. The first byte may come up to the idle timeout after `active` (the last
 /// real frame; indefinitely while `busy()` says requests are in flight); the rest of the frame
 /// must follow within the frame timeout. The header is checked before any body buffer is
-/// allocated; the frame's length is then taken from the global `budget` (no room: `busy`), and
-/// the body buffer grows only as bytes arrive.
+/// allocated; the body is then read in steps of [`BUDGET_STEP`] bytes, each taken from the
+/// global budget and the uid's share before it is read (no room: `busy`), so a frame holds budget
+/// for the bytes it has actually sent, and the body buffer grows only as bytes arrive.
 async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
     limits: &Limits,
     active: &mut Instant,
     busy: impl Fn() -> bool,
-    budget: &Arc<Semaphore>,
-) -> Result<(Vec<u8>, OwnedSemaphorePermit), ReadFault> {
+    budgets: [&Arc<Semaphore>; 2],
+) -> Result<(Vec<u8>, Vec<OwnedSemaphorePermit>), ReadFault> {
     let mut header = [0u8; frame::HEADER_LEN];
     loop {
         match timeout_at(*active + limits.idle, rd.read(&mut header[..1])).await {
@@ -274,16 +285,29 @@ async fn read_frame<R: AsyncRead + Unpin>(
         Err(_) => return Err(ReadFault::Stalled),
     }
     let len = frame::body_len(header, limits.max_frame).map_err(ReadFault::Frame)?;
-    let held = budget
-        .clone()
-        .try_acquire_many_owned(len as u32)
-        .map_err(|_| ReadFault::Budget)?;
-    let mut body = Vec::with_capacity(len.min(64 * 1024));
-    match timeout_at(deadline, rd.take(len as u64).read_to_end(&mut body)).await {
-        Ok(Ok(n)) if n == len => Ok((body, held)),
-        Ok(_) => Err(ReadFault::Io),
-        Err(_) => Err(ReadFault::Stalled),
+    let mut body = Vec::with_capacity(len.min(BUDGET_STEP));
+    let mut held = Vec::with_capacity(2 * len.div_ceil(BUDGET_STEP));
+    while body.len() < len {
+        let step = (len - body.len()).min(BUDGET_STEP);
+        for b in budgets {
+            held.push(
+                b.clone()
+                    .try_acquire_many_owned(step as u32)
+                    .map_err(|_| ReadFault::Budget)?,
+            );
+        }
+        match timeout_at(
+            deadline,
+            (&mut *rd).take(step as u64).read_to_end(&mut body),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n == step => {}
+            Ok(_) => return Err(ReadFault::Io),
+            Err(_) => return Err(ReadFault::Stalled),
+        }
     }
+    Ok((body, held))
 }
 
 /// Writes responses in completion order. A peer that does not read for `stall` (the idle

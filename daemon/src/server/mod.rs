@@ -40,6 +40,8 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
         budget: Arc::new(Semaphore::new(
             usize::try_from(s.max_buffered_bytes).unwrap_or(usize::MAX >> 4),
         )),
+        uid_budgets: Mutex::new(HashMap::new()),
+        uid_budget_max: usize::try_from(s.max_buffered_bytes / 4).unwrap_or(usize::MAX >> 6),
     });
 
     loop {
@@ -100,6 +102,9 @@ struct Gate {
     per_uid: Mutex<HashMap<u32, usize>>,
     per_uid_max: usize,
     budget: Arc<Semaphore>,
+    /// Each uid's share of `budget`: a quarter, so one uid cannot starve the others.
+    uid_budgets: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    uid_budget_max: usize,
 }
 
 /// One connection counted against its uid; uncounted when dropped.
@@ -109,6 +114,17 @@ struct UidTicket {
 }
 
 impl Gate {
+    /// The budget share of `uid` (made on first use; uids are few).
+    fn uid_budget(&self, uid: u32) -> Arc<Semaphore> {
+        let mut m = match self.uid_budgets.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(uid)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.uid_budget_max)))
+            .clone()
+    }
+
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<u32, usize>> {
         match self.per_uid.lock() {
             Ok(g) => g,
@@ -202,6 +218,7 @@ fn accept(
         let opts = connection::ConnOpts {
             roleless,
             budget: gate.budget.clone(),
+            uid_budget: gate.uid_budget(cred.uid()),
             generation,
         };
         app.stats.connections.fetch_add(1, Ordering::Relaxed);
