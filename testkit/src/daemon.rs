@@ -55,9 +55,17 @@ impl Daemon {
         &self.root
     }
 
-    /// The key registry file (`[storage] path`).
+    /// The key registry file (`[storage] path` of the config file as it is now).
     pub fn registry_path(&self) -> PathBuf {
-        self.root.join("keys.db")
+        let text = fs::read_to_string(&self.config).unwrap_or_else(|_| self.config_text());
+        text.split("[storage]")
+            .nth(1)
+            .and_then(|sec| {
+                sec.lines()
+                    .find_map(|l| l.trim().strip_prefix("path = "))
+                    .map(|v| PathBuf::from(v.trim().trim_matches('"')))
+            })
+            .unwrap_or_else(|| self.root.join("keys.db"))
     }
 
     /// Checks the registry file as SQLite sees it (read-only, beside a running daemon):

@@ -334,3 +334,106 @@ fn kill_9_during_admin_changes_loses_nothing() {
         "too few kills landed inside a command: {interrupted:?}"
     );
 }
+
+/// The registry on a tiny tmpfs that runs full: admin changes fail with a clear error, reads and
+/// key use go on, nothing is corrupted, and once space is freed changes work again.
+#[test]
+fn full_registry_file_system_refuses_changes_and_keeps_serving() {
+    let mut d = DaemonBuilder::new().with_hsm().prepare();
+    let fs = custody_testkit::Tmpfs::mount(&d.dir().join("regfs"), "4m");
+    let registry = d.dir().join("regfs/keys.db");
+    let text = d.config_text().replace(
+        &format!(
+            "path = {}",
+            custody_testkit::toml_str(path_str(&d.dir().join("keys.db")))
+        ),
+        &format!("path = {}", custody_testkit::toml_str(path_str(&registry))),
+    );
+    assert!(text.contains("regfs/keys.db"), "{text}");
+    d.write_raw_config(&text);
+    d.spawn();
+    d.wait_ready(custody_testkit::READY_TIMEOUT);
+    assert_eq!(d.registry_path(), registry);
+    create_pkcs11(&d, "hsm-sign", "rsa2048-sign");
+    create_pkcs11(&d, "hsm-oaep", "rsa2048-oaep");
+    let plain = random(300);
+    let p = write(&d, "plain", &plain);
+    let env = file(&d, "env");
+    cli_ok(
+        &d,
+        &[
+            "envelope",
+            "seal",
+            "hsm-oaep",
+            "--in",
+            path_str(&p),
+            "--out",
+            path_str(&env),
+        ],
+    );
+
+    fs.fill("filler");
+    // A change needs registry space: refused, with the reason.
+    let mut refused = None;
+    for i in 0..20 {
+        let name = format!("more-{i}");
+        let out = d.cli(&[
+            "keys",
+            "create",
+            &name,
+            "--kind",
+            "aes256",
+            "--backend",
+            "pkcs11",
+        ]);
+        if !out.status.success() {
+            refused = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+    }
+    let msg = refused.expect("a key creation on a full registry file system must fail");
+    assert!(msg.contains("full"), "{msg}");
+    // Reads and key use go on.
+    let out = cli_ok(
+        &d,
+        &["envelope", "open", "hsm-oaep", "--in", path_str(&env)],
+    );
+    assert_eq!(out.stdout, plain);
+    let c = d.client();
+    let digest = sha256(b"full");
+    let r = c
+        .sign(&SignArgs {
+            key: "hsm-sign".into(),
+            digest: Some(digest.to_vec()),
+            ..Default::default()
+        })
+        .unwrap();
+    verify_pkcs1(&rsa_public(&c, "hsm-sign"), &digest, &r.signature);
+    cli_json(&d, &["keys", "list"]);
+
+    // Space again: changes work, the registry is intact, and so after a restart.
+    std::fs::remove_file(d.dir().join("regfs/filler")).unwrap();
+    cli_json(
+        &d,
+        &[
+            "keys",
+            "create",
+            "after",
+            "--kind",
+            "aes256",
+            "--backend",
+            "pkcs11",
+        ],
+    );
+    cli_json(&d, &["keys", "rotate", "hsm-oaep"]);
+    d.assert_registry_intact();
+    d.restart();
+    d.assert_registry_intact();
+    let out = cli_ok(
+        &d,
+        &["envelope", "open", "hsm-oaep", "--in", path_str(&env)],
+    );
+    assert_eq!(out.stdout, plain);
+    cli_json(&d, &["keys", "show", "after"]);
+    assert_eq!(d.terminate().code(), Some(0));
+}
