@@ -18,6 +18,9 @@ use tokio::sync::oneshot;
 pub use custody_proto as proto;
 
 pub mod audit;
+mod reconnect;
+
+pub use reconnect::{Reconnecting, RECONNECT_WAIT};
 
 /// Default socket path when neither `--socket` nor `$CUSTODY_SOCKET` is given.
 pub const DEFAULT_SOCKET: &str = "/run/custodyd/custodyd.sock";

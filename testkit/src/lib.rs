@@ -46,7 +46,7 @@ mod secrets;
 mod swtpm;
 mod system;
 
-pub use custody_client::{BlockingClient, Client, ClientError};
+pub use custody_client::{BlockingClient, Client, ClientError, Reconnecting};
 pub use custody_proto as proto;
 
 pub use builder::{toml_str, DaemonBuilder, DEFAULT_ROLES};

@@ -571,3 +571,52 @@ fn peer_that_stops_reading_is_dropped() {
     assert_eq!(r.data, b"still here");
     drop(stream);
 }
+
+/// The client library's [`Reconnecting`] client carries on across a daemon restart: a signature
+/// (safe to repeat) is sent again on a new connection transparently; an admin change whose
+/// connection was lost is returned as an error, not repeated, and the next call reconnects.
+#[test]
+fn reconnecting_client_retries_only_what_is_safe_across_restarts() {
+    use custody_testkit::proto::ops::{
+        KeyCreateArgs, KeyNameArgs, KeysCreate, KeysShow, Sign, SignArgs,
+    };
+    let mut d = hsm_daemon();
+    create_pkcs11(&d, "hsm-sign", "rsa2048-sign");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = custody_testkit::Reconnecting::new(d.socket(), None);
+    let sign = SignArgs {
+        key: "hsm-sign".into(),
+        digest: Some(sha256(b"across restarts").to_vec()),
+        ..Default::default()
+    };
+    rt.block_on(c.call::<Sign>(&sign)).unwrap();
+    d.restart();
+    // The old connection is gone; the signature goes out again on a new one.
+    let r = rt.block_on(c.call::<Sign>(&sign)).unwrap();
+    assert_eq!(r.signature.len(), 256);
+    d.restart();
+    let create = KeyCreateArgs {
+        name: "made-after-restart".into(),
+        kind: "aes256".into(),
+        backend: "pkcs11".into(),
+        ..Default::default()
+    };
+    let e = rt.block_on(c.call::<KeysCreate>(&create)).unwrap_err();
+    assert!(e.is_connection_lost(), "{e}");
+    // Not repeated behind the caller's back: the key does not exist …
+    let show = KeyNameArgs {
+        name: "made-after-restart".into(),
+    };
+    let e = rt.block_on(c.call::<KeysShow>(&show)).unwrap_err();
+    assert_eq!(
+        e.server().and_then(|w| w.code()),
+        Some(ErrorCode::NotFound),
+        "{e}"
+    );
+    // … and the caller, who knows, sends it again.
+    rt.block_on(c.call::<KeysCreate>(&create)).unwrap();
+    assert_eq!(d.terminate().code(), Some(0));
+}

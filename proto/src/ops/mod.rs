@@ -268,6 +268,37 @@ macro_rules! declare_ops {
 
 for_each_op!(declare_ops);
 
+/// The ops a client may send again after the connection was lost before their answer came:
+/// reads, signatures, decryptions and encryptions (a repeat changes no state). Admin changes
+/// (`keys.create`, `keys.rotate`, `zk.init`, …) are not in the list: a lost answer leaves
+/// unknown whether the change happened, so the caller decides.
+pub const RETRY_SAFE: &[&str] = &[
+    names::PING,
+    names::STATUS,
+    names::KEYS_LIST,
+    names::KEYS_SHOW,
+    names::KEYS_PUBLIC,
+    names::KEYS_CSR,
+    names::KEYS_CERT_EXPORT,
+    names::SIGN,
+    names::SIGN_BATCH,
+    names::SIGN_JWT,
+    names::DECRYPT,
+    names::UNWRAP,
+    names::ENVELOPE_SEAL,
+    names::ENVELOPE_OPEN,
+    names::REWRAP,
+    names::BOX_SEAL,
+    names::BOX_OPEN,
+    names::BOX_REENCRYPT,
+    names::BOX_REENCRYPT_BATCH,
+    names::ZK_SHOW,
+    names::ZK_ENCRYPT,
+    names::ZK_DECRYPT,
+    names::ZK_SHARE,
+    names::ADMIN_BACKUP,
+];
+
 /// The `hello` operation: protocol version negotiation, answered by the connection itself.
 #[derive(Clone, Copy, Debug)]
 pub struct Hello;
