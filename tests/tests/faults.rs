@@ -15,9 +15,28 @@ use std::time::Duration;
 use custody_testkit::proto::ops::{SignArgs, SignResult};
 use custody_testkit::proto::ErrorCode;
 use custody_testkit::{
-    cli_json, cli_ok, create_pkcs11, create_software, exit_code_of, file, path_str, random, read,
+    cli_json, cli_ok, create_pkcs11, create_software, exit_code_of, file, path_str, pem, random,
     rsa_public, sha256, verify_pkcs1, write, Daemon, DaemonBuilder,
 };
+
+/// `envelope seal KEY` of `plain` into `DIR/NAME`; its path.
+fn seal(d: &Daemon, key: &str, plain: &[u8], name: &str) -> PathBuf {
+    let p = write(d, &format!("{name}.plain"), plain);
+    let env = file(d, name);
+    cli_ok(
+        d,
+        &[
+            "envelope",
+            "seal",
+            key,
+            "--in",
+            path_str(&p),
+            "--out",
+            path_str(&env),
+        ],
+    );
+    env
+}
 
 fn trials() -> usize {
     std::env::var("FAULT_TRIALS")
@@ -96,23 +115,7 @@ impl World {
     }
 
     fn public_der(&self, name: &str, version: u64) -> Vec<u8> {
-        let out = file(&self.d, "pub.der");
-        let v = version.to_string();
-        cli_ok(
-            &self.d,
-            &[
-                "keys",
-                "public",
-                name,
-                "--version",
-                &v,
-                "--format",
-                "der",
-                "--out",
-                path_str(&out),
-            ],
-        );
-        read(&out)
+        std::fs::read(pem(&self.d, name, version as u32)).unwrap()
     }
 
     /// An envelope to the current hsm-oaep version and a zk attribute, to be opened after
@@ -120,20 +123,8 @@ impl World {
     fn add_data(&mut self) {
         let n = self.envelopes.len();
         let plain = random(100);
+        let env = seal(&self.d, "hsm-oaep", &plain, &format!("env-{n}"));
         let p = write(&self.d, &format!("plain-{n}"), &plain);
-        let env = file(&self.d, &format!("env-{n}"));
-        cli_ok(
-            &self.d,
-            &[
-                "envelope",
-                "seal",
-                "hsm-oaep",
-                "--in",
-                path_str(&p),
-                "--out",
-                path_str(&env),
-            ],
-        );
         self.envelopes.push((env, "hsm-oaep".into(), plain.clone()));
         let attr = file(&self.d, &format!("attr-{n}"));
         let id = format!("UIN-{n}");
@@ -357,20 +348,7 @@ fn full_registry_file_system_refuses_changes_and_keeps_serving() {
     create_pkcs11(&d, "hsm-sign", "rsa2048-sign");
     create_pkcs11(&d, "hsm-oaep", "rsa2048-oaep");
     let plain = random(300);
-    let p = write(&d, "plain", &plain);
-    let env = file(&d, "env");
-    cli_ok(
-        &d,
-        &[
-            "envelope",
-            "seal",
-            "hsm-oaep",
-            "--in",
-            path_str(&p),
-            "--out",
-            path_str(&env),
-        ],
-    );
+    let env = seal(&d, "hsm-oaep", &plain, "env");
 
     fs.fill("filler");
     // A change needs registry space: refused, with the reason.

@@ -73,6 +73,16 @@ fn decrypt(d: &Daemon, pool: &str, id: &str, attr: &Path) -> Vec<u8> {
     ))
 }
 
+/// `zk decrypt POOL --id ID` of the attribute `bytes` must fail with `code`; the message.
+fn decrypt_err(d: &Daemon, pool: &str, id: &str, bytes: &[u8], code: ErrorCode) -> String {
+    let f = write(d, "refused.attr", bytes);
+    cli_err(
+        d,
+        &["zk", "decrypt", pool, "--id", id, "--in", path_str(&f)],
+        code,
+    )
+}
+
 fn stdout_bytes(o: &std::process::Output) -> Vec<u8> {
     o.stdout.clone()
 }
@@ -149,38 +159,12 @@ fn attributes_round_trip_with_the_right_id_only() {
     for i in [5, 20, 60, raw.len() - 1] {
         let mut t = raw.clone();
         t[i] ^= 0x40;
-        let f = write(&d, "tampered", &t);
-        cli_err(
-            &d,
-            &[
-                "zk",
-                "decrypt",
-                "cred",
-                "--id",
-                "4827615930",
-                "--in",
-                path_str(&f),
-            ],
-            ErrorCode::Integrity,
-        );
+        decrypt_err(&d, "cred", "4827615930", &t, ErrorCode::Integrity);
     }
     for index in [(index_of(&j) + 1) % 300, 70_000] {
         let mut t = raw.clone();
         t[..4].copy_from_slice(&index.to_be_bytes());
-        let f = write(&d, "moved", &t);
-        cli_err(
-            &d,
-            &[
-                "zk",
-                "decrypt",
-                "cred",
-                "--id",
-                "4827615930",
-                "--in",
-                path_str(&f),
-            ],
-            ErrorCode::Integrity,
-        );
+        decrypt_err(&d, "cred", "4827615930", &t, ErrorCode::Integrity);
     }
     // Bad input: typed errors.
     let short = write(&d, "short", &raw[..63]);
