@@ -1,6 +1,7 @@
 //! Backends that fail while the daemon runs: the TPM stops and comes back, the SoftHSM token
 //! directory disappears and comes back, the token label or PIN is wrong, the PIN comes from the
-//! environment. Operations report `backend_unavailable` quickly, the daemon stays up, never
+//! environment. Operations report `backend_unavailable` quickly (also under a load of signing
+//! clients, which resume by themselves), the daemon stays up, never
 //! leaks the PIN, and recovers without a restart where the backend can.
 
 use std::time::{Duration, Instant};
@@ -28,6 +29,37 @@ fn tpm_outage_is_backend_unavailable_quickly_and_recovers() {
     );
     assert!(tpm_backend_ok(&d).0, "TPM healthy at start");
     let tcti = d.swtpm().unwrap().tcti().to_owned();
+    // Load through the outage: four connections signing all along. Every answer is a signature
+    // or `backend_unavailable`, nothing else.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|i| {
+            let c = d.client();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut unavailable, mut ok_after_outage) = (0u32, 0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let args = proto::ops::SignArgs {
+                        key: "machine-sign".into(),
+                        digest: Some(sha256(&[i]).to_vec()),
+                        ..Default::default()
+                    };
+                    match c.sign(&args) {
+                        Ok(_) if unavailable > 0 => ok_after_outage += 1,
+                        Ok(_) => ok += 1,
+                        Err(e) => {
+                            let code = e.server().and_then(|w| w.code());
+                            assert_eq!(code, Some(ErrorCode::BackendUnavailable), "{e}");
+                            unavailable += 1;
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+                (ok, unavailable, ok_after_outage)
+            })
+        })
+        .collect();
+    std::thread::sleep(SEC / 2);
 
     d.swtpm().unwrap().stop();
     for _ in 0..2 {
@@ -77,6 +109,15 @@ fn tpm_outage_is_backend_unavailable_quickly_and_recovers() {
     )
     .expect("openssl verifies the signature");
     assert!(tpm_backend_ok(&d).0, "TPM healthy again");
+    std::thread::sleep(SEC);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (i, h) in load.into_iter().enumerate() {
+        let (ok, unavailable, after) = h.join().expect("load thread");
+        assert!(
+            ok > 0 && unavailable > 0 && after > 0,
+            "load {i}: {ok} ok, {unavailable} unavailable, {after} ok after"
+        );
+    }
     d.assert_running();
     assert_eq!(d.terminate().code(), Some(0));
 }
