@@ -93,6 +93,17 @@ fn unix(t: &Time) -> i64 {
     t.to_unix_duration().as_secs() as i64
 }
 
+/// The DER body of a PEM document with `label`, decoded whole before any DER parsing: `der`'s
+/// streaming PEM reader loops forever on a body shorter than its DER header announces (found
+/// by fuzzing: `fuzz/artifacts/public_key/`).
+fn pem_body(bytes: &[u8], label: &str) -> Result<Vec<u8>, String> {
+    let (got, der) = pem_rfc7468::decode_vec(bytes).map_err(|e| format!("PEM: {e}"))?;
+    if got != label {
+        return Err(format!("PEM label is {got:?}, not {label:?}"));
+    }
+    Ok(der)
+}
+
 /// Parses a certificate, PEM (`-----BEGIN CERTIFICATE-----`) or DER.
 pub fn parse_certificate(bytes: &[u8]) -> Result<CertInfo, X509Error> {
     let parse = |detail: String| X509Error::Parse {
@@ -100,8 +111,8 @@ pub fn parse_certificate(bytes: &[u8]) -> Result<CertInfo, X509Error> {
         detail,
     };
     let cert = if bytes.starts_with(b"-----BEGIN") {
-        let text = std::str::from_utf8(bytes).map_err(|_| parse("PEM is not UTF-8".into()))?;
-        Certificate::from_pem(text).map_err(|e| parse(e.to_string()))?
+        let der = pem_body(bytes, "CERTIFICATE").map_err(parse)?;
+        Certificate::from_der(&der).map_err(|e| parse(e.to_string()))?
     } else {
         Certificate::from_der(bytes).map_err(|e| parse(e.to_string()))?
     };
@@ -152,8 +163,8 @@ pub fn parse_public_key(bytes: &[u8]) -> Result<(Vec<u8>, Option<CertInfo>), X50
         detail,
     };
     let spki = if bytes.starts_with(b"-----BEGIN") {
-        let text = std::str::from_utf8(bytes).map_err(|_| parse("PEM is not UTF-8".into()))?;
-        SubjectPublicKeyInfoOwned::from_pem(text).map_err(|e| parse(e.to_string()))?
+        let der = pem_body(bytes, "PUBLIC KEY").map_err(parse)?;
+        SubjectPublicKeyInfoOwned::from_der(&der).map_err(|e| parse(e.to_string()))?
     } else {
         SubjectPublicKeyInfoOwned::from_der(bytes).map_err(|e| parse(e.to_string()))?
     };
@@ -479,5 +490,26 @@ mod tests {
         let (_, spki) = key();
         let e = build_csr(parse_subject("CN=x").unwrap(), &spki, &failing).unwrap_err();
         assert_eq!(e.to_string(), "device gone");
+    }
+
+    /// Found by `make fuzz`: a PEM body shorter than its DER header announces made `der`'s PEM
+    /// reader loop forever (a daemon thread spinning on `keys.import`). Now refused at once.
+    #[test]
+    fn truncated_pem_bodies_are_refused_not_looped_on() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let key =
+                parse_public_key(b"-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----\n");
+            let cert = parse_certificate(
+                b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            );
+            let _ = tx.send((key.is_err(), cert.is_err()));
+        });
+        let r = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(
+            r,
+            Ok((true, true)),
+            "parsing a truncated PEM body must end with an error"
+        );
     }
 }
