@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use der::asn1::BitString;
 use der::referenced::OwnedToRef;
-use der::{Decode, DecodePem, Encode};
+use der::{Decode, Encode};
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::pkcs8::DecodePublicKey;
 use rsa::traits::PublicKeyParts;
