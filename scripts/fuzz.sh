@@ -3,7 +3,7 @@
 # from and adding to its committed corpus (fuzz/corpus/TARGET); a crash leaves its input in
 # fuzz/artifacts/TARGET (commit it with the fix: `make test` replays it). cargo-fuzz is installed
 # from crates.io when missing; libFuzzer needs nightly flags, which stable rustc accepts with
-# RUSTC_BOOTSTRAP=1. Options: FUZZ_SECS, FUZZ_TARGETS (space-separated names; default all).
+# RUSTC_BOOTSTRAP=1. An input that runs longer than 10 s counts as a failure (a hang). Options: FUZZ_SECS, FUZZ_TARGETS (space-separated names; default all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
@@ -17,7 +17,7 @@ for t in $targets; do
   log=$(mktemp)
   echo "fuzz: $t for ${secs}s"
   if ! "$CARGO" fuzz run --fuzz-dir fuzz/targets "$t" "fuzz/corpus/$t" -- \
-      -max_total_time="$secs" -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 >"$log" 2>&1; then
+      -max_total_time="$secs" -timeout=10 -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 >"$log" 2>&1; then
     tail -n 40 "$log"
     echo "fuzz: $t FAILED (input in fuzz/artifacts/$t/)" >&2
     exit 1
