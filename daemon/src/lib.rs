@@ -13,6 +13,7 @@ pub mod error;
 pub mod format;
 pub mod keys;
 pub mod ops;
+pub mod sched;
 pub mod server;
 pub mod setup;
 pub mod state;

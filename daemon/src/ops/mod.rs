@@ -26,6 +26,7 @@ use zeroize::Zeroize;
 use crate::audit::Record;
 use crate::auth::Peer;
 use crate::error::OpError;
+use crate::sched::Refused;
 use crate::state::App;
 
 /// Per-request context: who asks, and what the audit line will say.
@@ -64,7 +65,9 @@ impl Ctx {
         Ok(())
     }
 
-    /// Runs blocking work (backends, registry) on a worker thread, bounded by the op timeout.
+    /// Runs blocking work (backends, registry) on a scheduler worker thread ([`crate::sched`]:
+    /// queued per uid, served in turn); work that has not started within the op timeout is
+    /// answered `backend_unavailable` without running.
     pub async fn blocking<T, F>(&self, f: F) -> Result<T, OpError>
     where
         F: FnOnce(&App) -> Result<T, OpError> + Send + 'static,
@@ -95,15 +98,34 @@ impl Ctx {
         F: FnOnce(&App) -> Result<T, OpError> + Send + 'static,
         T: Send + 'static,
     {
-        let app = self.app.clone();
-        let task = tokio::task::spawn_blocking(move || f(&app));
-        match tokio::time::timeout(limit, task).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(OpError::internal(format!("operation failed: {e}"))),
-            Err(_) => Err(OpError::new(
+        let timed_out = || {
+            OpError::new(
                 ErrorCode::BackendUnavailable,
                 format!("operation did not finish within {}s", limit.as_secs()),
-            )),
+            )
+        };
+        let deadline = Instant::now() + limit;
+        let app = self.app.clone();
+        let rx = self
+            .app
+            .sched
+            .submit(self.peer.uid, deadline, move || f(&app))
+            .map_err(|e| match e {
+                Refused::Full => OpError::new(
+                    ErrorCode::Busy,
+                    "too many requests waiting for the backends; retry later",
+                ),
+                Refused::Expired => timed_out(),
+                Refused::Closed => {
+                    OpError::new(ErrorCode::BackendUnavailable, "the daemon is shutting down")
+                }
+            })?;
+        // A job that started in time runs to its end (its device calls are bounded by the
+        // deadline); the extra `limit` only covers a device call that hangs.
+        match tokio::time::timeout(limit * 2, rx).await {
+            Ok(Ok(Ok(r))) => r,
+            Ok(Ok(Err(_))) | Err(_) => Err(timed_out()),
+            Ok(Err(_)) => Err(OpError::internal("operation failed: worker job panicked")),
         }
     }
 }
@@ -283,7 +305,7 @@ mod tests {
         let keys =
             crate::keys::KeyManager::open(&config.storage.path, Vec::new(), config.keys.defaults)
                 .unwrap();
-        let app = Arc::new(App::new(config, "t.toml".into(), policy, audit, keys));
+        let app = Arc::new(App::new(config, "t.toml".into(), policy, audit, keys).unwrap());
         let peer = Peer {
             uid: 4_000_000_000,
             gid: 4_000_000_000,

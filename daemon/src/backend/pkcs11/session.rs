@@ -18,7 +18,10 @@ impl Pkcs11Backend {
     ) -> Result<T, BackendError> {
         let mut retried = false;
         loop {
+            crate::backend::deadline::check("PKCS#11 call")?;
             let session = self.pool.acquire()?;
+            // Waiting for a session may have used up the request's time.
+            crate::backend::deadline::check("PKCS#11 call")?;
             // A module re-initialisation invalidated every cached object handle.
             let reinits = self.pool.reinits();
             if self
