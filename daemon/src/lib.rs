@@ -16,6 +16,7 @@ pub mod ops;
 pub mod sched;
 pub mod server;
 pub mod setup;
+pub mod stages;
 pub mod state;
 
 /// Server name and version reported by `hello` and `status`.

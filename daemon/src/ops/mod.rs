@@ -27,6 +27,7 @@ use crate::audit::Record;
 use crate::auth::Peer;
 use crate::error::OpError;
 use crate::sched::Refused;
+use crate::stages::{self, Stage};
 use crate::state::App;
 
 /// Per-request context: who asks, and what the audit line will say.
@@ -106,10 +107,15 @@ impl Ctx {
         };
         let deadline = Instant::now() + limit;
         let app = self.app.clone();
+        let queued = stages::start();
         let rx = self
             .app
             .sched
-            .submit(self.peer.uid, deadline, move || f(&app))
+            .submit(self.peer.uid, deadline, move || {
+                stages::end(Stage::QueueHop, queued);
+                let r = f(&app);
+                (r, stages::start())
+            })
             .map_err(|e| match e {
                 Refused::Full => OpError::new(
                     ErrorCode::Busy,
@@ -123,7 +129,10 @@ impl Ctx {
         // A job that started in time runs to its end (its device calls are bounded by the
         // deadline); the extra `limit` only covers a device call that hangs.
         match tokio::time::timeout(limit * 2, rx).await {
-            Ok(Ok(Ok(r))) => r,
+            Ok(Ok(Ok((r, done)))) => {
+                stages::end(Stage::ReturnHop, done);
+                r
+            }
             Ok(Ok(Err(_))) | Err(_) => Err(timed_out()),
             Ok(Err(_)) => Err(OpError::internal("operation failed: worker job panicked")),
         }
@@ -145,6 +154,7 @@ type OpResult = Result<Value, OpError>;
 /// Decodes the arguments of `O`, authorizes every right it declares, runs its handler, encodes
 /// the result.
 async fn run<O: Handle>(ctx: &mut Ctx, mut req: Request) -> OpResult {
+    let t = stages::start();
     let args = req.args::<O::Args>();
     // The request's bytes (an envelope.seal plaintext) are not needed once decoded.
     scrub_value(&mut req.args);
@@ -152,9 +162,12 @@ async fn run<O: Handle>(ctx: &mut Ctx, mut req: Request) -> OpResult {
     for a in O::access(&args)? {
         ctx.authorize(a.right, a.key)?;
     }
+    stages::end(Stage::ArgsAuthorize, t);
     let mut result = O::handle(ctx, args).await?;
+    let t = stages::start();
     let value = custody_proto::message::to_value(&result).map_err(OpError::from);
     O::scrub(&mut result);
+    stages::end(Stage::ResultEncode, t);
     value
 }
 
@@ -212,6 +225,7 @@ custody_proto::for_each_op!(dispatch_table);
 /// Runs one request: decode, authorize, execute, audit, count.
 pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
     let start = Instant::now();
+    let t = stages::start();
     let id = req.id;
     let op = DISPATCHED.iter().copied().find(|n| *n == req.op);
     let Some(op) = op else {
@@ -264,7 +278,10 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
         start.elapsed(),
     );
     record.target = ctx.target.as_deref();
+    let ta = stages::start();
     app.audit.write(&record);
+    stages::end(Stage::Audit, ta);
+    stages::end(Stage::Dispatch, t);
     match result {
         Ok(v) => Response { id, result: Ok(v) },
         Err(e) => Response::err(id, e.into()),

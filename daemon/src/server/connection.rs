@@ -17,6 +17,7 @@ use zeroize::Zeroize;
 use super::shutdown::Shutdown;
 use crate::auth::Peer;
 use crate::ops;
+use crate::stages::{self, Stage};
 use crate::state::App;
 
 /// Connection limits taken from `[server]`.
@@ -48,7 +49,8 @@ enum ReadFault {
 pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: Shutdown) {
     let limits = limits(&app);
     let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Response>(limits.max_in_flight + 2);
+    let (tx, rx) =
+        mpsc::channel::<(Response, Option<std::time::Instant>)>(limits.max_in_flight + 2);
     let writer = tokio::spawn(write_loop(wr, rx, limits.max_frame, limits.idle));
     let inflight = Arc::new(Semaphore::new(limits.max_in_flight));
     let mut hello_done = false;
@@ -71,7 +73,7 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             Ok(b) => b,
             Err(ReadFault::Frame(FrameError::Empty)) => {
                 let e = WireError::new(ErrorCode::BadRequest, "empty frame");
-                if tx.send(Response::err(0, e)).await.is_err() {
+                if tx.send((Response::err(0, e), None)).await.is_err() {
                     break;
                 }
                 continue;
@@ -79,9 +81,9 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             Err(ReadFault::Frame(e)) => {
                 tracing::debug!(uid = peer.uid, "closing connection: {e}");
                 let _ = tx
-                    .send(Response::err(
-                        0,
-                        WireError::new(ErrorCode::TooLarge, e.to_string()),
+                    .send((
+                        Response::err(0, WireError::new(ErrorCode::TooLarge, e.to_string())),
+                        None,
                     ))
                     .await;
                 break;
@@ -95,13 +97,15 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             }
             Err(ReadFault::Closed | ReadFault::Io) => break,
         };
+        let t = stages::start();
         let decoded = Request::decode(&body);
+        stages::end(Stage::FrameDecode, t);
         body.zeroize();
         let req = match decoded {
             Ok(r) => r,
             Err((id, e)) => {
                 app.stats.count("unknown", false);
-                if tx.send(Response::err(id, e)).await.is_err() {
+                if tx.send((Response::err(id, e), None)).await.is_err() {
                     break;
                 }
                 continue;
@@ -111,7 +115,7 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             let resp = hello(&req, &limits);
             hello_done |= resp.result.is_ok();
             app.stats.count(names::HELLO, resp.result.is_ok());
-            if tx.send(resp).await.is_err() {
+            if tx.send((resp, None)).await.is_err() {
                 break;
             }
             continue;
@@ -122,15 +126,17 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
                 "the first request on a connection must be `hello`",
             );
             app.stats.count(&req.op, false);
-            if tx.send(Response::err(req.id, e)).await.is_err() {
+            if tx.send((Response::err(req.id, e), None)).await.is_err() {
                 break;
             }
             continue;
         }
         let (app, peer, tx) = (app.clone(), peer.clone(), tx.clone());
+        let spawned = stages::start();
         tokio::spawn(async move {
+            stages::end(Stage::SpawnHop, spawned);
             let resp = ops::dispatch(&app, &peer, req).await;
-            let _ = tx.send(resp).await;
+            let _ = tx.send((resp, stages::start())).await;
             drop(permit);
         });
     }
@@ -219,11 +225,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
 /// timeout) is dropped: the connection closes and pending responses are discarded.
 async fn write_loop(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Response>,
+    mut rx: mpsc::Receiver<(Response, Option<std::time::Instant>)>,
     max_frame: u32,
     stall: Duration,
 ) {
-    while let Some(mut resp) = rx.recv().await {
+    while let Some((mut resp, sent)) = rx.recv().await {
+        stages::end(Stage::WriterHop, sent);
+        let t = stages::start();
         let mut body = match resp.encode() {
             Ok(b) if b.len() <= max_frame as usize => b,
             Ok(_) => match Response::err(
@@ -244,6 +252,7 @@ async fn write_loop(
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());
         out.extend_from_slice(&body);
         let written = timeout(stall, wr.write_all(&out)).await;
+        stages::end(Stage::EncodeWrite, t);
         // A plaintext result is in all three; gone from this process once written.
         out.zeroize();
         body.zeroize();
