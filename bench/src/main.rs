@@ -12,7 +12,9 @@
 //!
 //! Environment: `BENCH_SECS` (one measurement, default 1.5), `BENCH_REPS` (measurements per
 //! case, median reported; default 3), `BENCH_POOL_KEYS` (default 10000), `BENCH_CALLGRIND=0`
-//! (skip valgrind), `BENCH_SMOKE=1` (tiny durations and counts: checks the harness, not the
+//! (skip valgrind), `BENCH_CONFIG_EXTRA` (TOML appended to the daemon's config, for A/B runs),
+//! `BENCH_QUICK=1` (ping and HSM sign rows and the stage timing only, while
+//! iterating), `BENCH_SMOKE=1` (tiny durations and counts: checks the harness, not the
 //! daemon; `make test` runs it).
 //!
 //! This is a benchmark, not a test: nothing here asserts on timings.
@@ -41,6 +43,8 @@ pub struct Settings {
     pub callgrind: bool,
     /// Smoke run (harness check).
     pub smoke: bool,
+    /// Quick run: ping and HSM sign rows and the stage timing only (`BENCH_QUICK=1`).
+    pub quick: bool,
     /// Markdown output.
     pub out_md: PathBuf,
     /// JSON output.
@@ -76,6 +80,7 @@ impl Settings {
                     .output()
                     .is_ok_and(|o| o.status.success()),
             smoke,
+            quick: std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1"),
             out_md: std::env::var_os("BENCH_OUT")
                 .map(Into::into)
                 .unwrap_or_else(|| root.join("BENCHMARKS.md")),

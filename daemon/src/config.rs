@@ -110,6 +110,9 @@ pub struct SchedulerConfig {
     pub max_queued: usize,
     /// Most requests of one uid waiting for a worker; more are refused `busy`.
     pub max_queued_per_uid: usize,
+    /// When a worker slot is free and nothing waits, run the request's work on the thread that
+    /// read it instead of handing it to a worker thread (two fewer thread wake-ups).
+    pub inline: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -118,6 +121,7 @@ impl Default for SchedulerConfig {
             workers: 0,
             max_queued: 4096,
             max_queued_per_uid: 1024,
+            inline: true,
         }
     }
 }
@@ -134,6 +138,7 @@ impl SchedulerConfig {
             },
             max_queued: self.max_queued,
             max_queued_per_uid: self.max_queued_per_uid,
+            inline: self.inline,
         }
     }
 }

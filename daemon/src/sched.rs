@@ -65,6 +65,8 @@ pub struct SchedConfig {
     pub max_queued: usize,
     /// Most jobs waiting for one uid.
     pub max_queued_per_uid: usize,
+    /// Let a caller run its job on its own thread when a slot is free and nothing waits.
+    pub inline: bool,
 }
 
 trait Task: Send {
@@ -105,6 +107,8 @@ struct Queues {
     /// Uids with waiting jobs, in the order they will be served.
     turn: VecDeque<u32>,
     queued: usize,
+    /// Jobs running now, on workers or inline: never more than the worker count.
+    busy: usize,
     closed: bool,
 }
 
@@ -151,28 +155,48 @@ impl Inner {
     }
 
     fn work(&self) {
+        let mut q = self.lock();
         loop {
-            let job = {
-                let mut q = self.lock();
-                loop {
-                    if let Some(job) = q.pop() {
-                        break job;
-                    }
-                    if q.closed {
-                        return;
-                    }
-                    q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+            if q.busy < self.cfg.workers {
+                if let Some(job) = q.pop() {
+                    q.busy += 1;
+                    drop(q);
+                    self.run_job(job);
+                    q = self.lock();
+                    // This thread takes the next job itself: nobody to wake.
+                    q.busy -= 1;
+                    continue;
                 }
-            };
+            }
+            if q.closed {
+                return;
+            }
+            q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Frees a slot; wakes a worker if work waits for one.
+    fn release(&self) {
+        let mut q = self.lock();
+        q.busy -= 1;
+        let waiting = q.queued > 0;
+        drop(q);
+        if waiting {
+            self.ready.notify_one();
+        }
+    }
+
+    fn run_job(&self, job: Job) {
+        {
             let c = &self.counters;
             if job.task.abandoned() {
                 c.abandoned.fetch_add(1, Ordering::Relaxed);
-                continue;
+                return;
             }
             if Instant::now() >= job.deadline {
                 c.expired.fetch_add(1, Ordering::Relaxed);
                 job.task.expire();
-                continue;
+                return;
             }
             c.started.fetch_add(1, Ordering::Relaxed);
             c.running.fetch_add(1, Ordering::Relaxed);
@@ -187,9 +211,23 @@ impl Inner {
     }
 }
 
+/// A slot taken by [`Scheduler::try_inline`]: the caller runs its job on its own thread; the
+/// slot is freed on drop.
+pub struct InlineSlot<'a> {
+    inner: &'a Inner,
+}
+
+impl Drop for InlineSlot<'_> {
+    fn drop(&mut self) {
+        self.inner.counters.running.fetch_sub(1, Ordering::Relaxed);
+        self.inner.release();
+    }
+}
+
 /// The scheduler: worker threads and the per-uid queues.
 pub struct Scheduler {
     inner: Arc<Inner>,
+    inline: bool,
 }
 
 impl Scheduler {
@@ -199,6 +237,7 @@ impl Scheduler {
             workers: cfg.workers.max(1),
             max_queued: cfg.max_queued.max(1),
             max_queued_per_uid: cfg.max_queued_per_uid.max(1),
+            inline: cfg.inline,
         };
         let inner = Arc::new(Inner {
             cfg,
@@ -212,7 +251,10 @@ impl Scheduler {
                 .name(format!("custodyd-worker-{i}"))
                 .spawn(move || inner.work())?;
         }
-        Ok(Scheduler { inner })
+        Ok(Scheduler {
+            inner,
+            inline: cfg.inline,
+        })
     }
 
     /// Queues `f` for `uid`, to start before `deadline`; the answer arrives on the receiver:
@@ -254,6 +296,27 @@ impl Scheduler {
         Ok(rx)
     }
 
+    /// A slot to run a job on the caller's own thread instead of handing it to a worker (which
+    /// costs two thread wake-ups): granted only when inline running is enabled, no job waits
+    /// (so nobody is overtaken) and fewer than `workers` jobs run (the same bound on device
+    /// concurrency as the workers). The caller must check its deadline itself and run the job
+    /// under [`deadline::with`].
+    pub fn try_inline(&self) -> Option<InlineSlot<'_>> {
+        if !self.inline {
+            return None;
+        }
+        let mut q = self.inner.lock();
+        if q.closed || q.queued > 0 || q.busy >= self.inner.cfg.workers {
+            return None;
+        }
+        q.busy += 1;
+        drop(q);
+        let c = &self.inner.counters;
+        c.started.fetch_add(1, Ordering::Relaxed);
+        c.running.fetch_add(1, Ordering::Relaxed);
+        Some(InlineSlot { inner: &self.inner })
+    }
+
     /// The counters now.
     pub fn stats(&self) -> SchedStats {
         let c = &self.inner.counters;
@@ -289,6 +352,7 @@ mod tests {
             workers,
             max_queued,
             max_queued_per_uid: per_uid,
+            inline: true,
         })
         .unwrap()
     }

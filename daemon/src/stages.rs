@@ -32,13 +32,12 @@ pub enum Stage {
     Audit,
     /// The whole of `dispatch` (args decode to audit).
     Dispatch,
-    /// From `dispatch` returning to the writer task taking the response.
-    WriterHop,
-    /// Response CBOR encode, framing and the socket write.
+    /// Response CBOR encode, framing and the socket write (by the request's own task, or
+    /// queued for the task writing already).
     EncodeWrite,
 }
 
-const STAGES: [Stage; 13] = [
+const STAGES: [Stage; 12] = [
     Stage::FrameDecode,
     Stage::SpawnHop,
     Stage::ArgsAuthorize,
@@ -50,7 +49,6 @@ const STAGES: [Stage; 13] = [
     Stage::ResultEncode,
     Stage::Audit,
     Stage::Dispatch,
-    Stage::WriterHop,
     Stage::EncodeWrite,
 ];
 
@@ -68,7 +66,6 @@ impl Stage {
             Stage::ResultEncode => "result_encode",
             Stage::Audit => "audit",
             Stage::Dispatch => "dispatch",
-            Stage::WriterHop => "writer_hop",
             Stage::EncodeWrite => "encode_write",
         }
     }

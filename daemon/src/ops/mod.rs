@@ -106,6 +106,25 @@ impl Ctx {
             )
         };
         let deadline = Instant::now() + limit;
+        // Nothing waits and a slot is free: run here, on this runtime thread (the runtime moves
+        // its other tasks to another thread meanwhile), instead of waking a worker and being
+        // woken by it.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            if let Some(slot) = self.app.sched.try_inline() {
+                let app = &self.app;
+                let r = tokio::task::block_in_place(|| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::backend::deadline::with(deadline, || f(app))
+                    }))
+                });
+                drop(slot);
+                return r.unwrap_or_else(|_| {
+                    Err(OpError::internal("operation failed: the job panicked"))
+                });
+            }
+        }
         let app = self.app.clone();
         let queued = stages::start();
         let rx = self

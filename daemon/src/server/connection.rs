@@ -1,19 +1,20 @@
 //! One client connection: reads frames, runs requests concurrently (up to the in-flight limit),
-//! writes responses as they complete, matched to requests by `id`.
+//! writes responses as they complete (each request's task writes its own, see [`Responder`]),
+//! matched to requests by `id`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use custody_proto::ops::{names, HelloArgs, HelloResult};
 use custody_proto::{frame, ErrorCode, FrameError, Request, Response, WireError, PROTOCOL_VERSION};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use zeroize::Zeroize;
 
+use super::respond::Responder;
 use super::shutdown::Shutdown;
 use crate::auth::Peer;
 use crate::ops;
@@ -49,9 +50,7 @@ enum ReadFault {
 pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: Shutdown) {
     let limits = limits(&app);
     let (mut rd, wr) = stream.into_split();
-    let (tx, rx) =
-        mpsc::channel::<(Response, Option<std::time::Instant>)>(limits.max_in_flight + 2);
-    let writer = tokio::spawn(write_loop(wr, rx, limits.max_frame, limits.idle));
+    let tx = Arc::new(Responder::new(wr, limits.max_frame, limits.idle));
     let inflight = Arc::new(Semaphore::new(limits.max_in_flight));
     let mut hello_done = false;
 
@@ -73,7 +72,7 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             Ok(b) => b,
             Err(ReadFault::Frame(FrameError::Empty)) => {
                 let e = WireError::new(ErrorCode::BadRequest, "empty frame");
-                if tx.send((Response::err(0, e), None)).await.is_err() {
+                if tx.send(Response::err(0, e), None).await.is_err() {
                     break;
                 }
                 continue;
@@ -81,10 +80,10 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             Err(ReadFault::Frame(e)) => {
                 tracing::debug!(uid = peer.uid, "closing connection: {e}");
                 let _ = tx
-                    .send((
+                    .send(
                         Response::err(0, WireError::new(ErrorCode::TooLarge, e.to_string())),
                         None,
-                    ))
+                    )
                     .await;
                 break;
             }
@@ -105,7 +104,7 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             Ok(r) => r,
             Err((id, e)) => {
                 app.stats.count("unknown", false);
-                if tx.send((Response::err(id, e), None)).await.is_err() {
+                if tx.send(Response::err(id, e), None).await.is_err() {
                     break;
                 }
                 continue;
@@ -115,7 +114,7 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             let resp = hello(&req, &limits);
             hello_done |= resp.result.is_ok();
             app.stats.count(names::HELLO, resp.result.is_ok());
-            if tx.send((resp, None)).await.is_err() {
+            if tx.send(resp, None).await.is_err() {
                 break;
             }
             continue;
@@ -126,7 +125,7 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
                 "the first request on a connection must be `hello`",
             );
             app.stats.count(&req.op, false);
-            if tx.send((Response::err(req.id, e), None)).await.is_err() {
+            if tx.send(Response::err(req.id, e), None).await.is_err() {
                 break;
             }
             continue;
@@ -136,14 +135,13 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
         tokio::spawn(async move {
             stages::end(Stage::SpawnHop, spawned);
             let resp = ops::dispatch(&app, &peer, req).await;
-            let _ = tx.send((resp, stages::start())).await;
-            drop(permit);
+            // The permit goes back once the response is written (backpressure).
+            let _ = tx.send(resp, Some(permit)).await;
         });
     }
     // Drain: wait until every spawned request has answered, then let the writer flush and stop.
     let _ = inflight.acquire_many(limits.max_in_flight as u32).await;
-    drop(tx);
-    let _ = writer.await;
+    tx.finish().await;
 }
 
 fn limits(app: &App) -> Limits {
@@ -219,54 +217,4 @@ async fn read_frame<R: AsyncRead + Unpin>(
         Ok(_) => Err(ReadFault::Io),
         Err(_) => Err(ReadFault::Stalled),
     }
-}
-
-/// Writes responses in completion order. A peer that does not read for `stall` (the idle
-/// timeout) is dropped: the connection closes and pending responses are discarded.
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<(Response, Option<std::time::Instant>)>,
-    max_frame: u32,
-    stall: Duration,
-) {
-    while let Some((mut resp, sent)) = rx.recv().await {
-        stages::end(Stage::WriterHop, sent);
-        let t = stages::start();
-        let mut body = match resp.encode() {
-            Ok(b) if b.len() <= max_frame as usize => b,
-            Ok(_) => match Response::err(
-                resp.id,
-                WireError::new(ErrorCode::TooLarge, "response exceeds the frame limit"),
-            )
-            .encode()
-            {
-                Ok(b) => b,
-                Err(_) => break,
-            },
-            Err(e) => match Response::err(resp.id, e).encode() {
-                Ok(b) => b,
-                Err(_) => break,
-            },
-        };
-        let mut out = Vec::with_capacity(body.len() + frame::HEADER_LEN);
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        let written = timeout(stall, wr.write_all(&out)).await;
-        stages::end(Stage::EncodeWrite, t);
-        // A plaintext result is in all three; gone from this process once written.
-        out.zeroize();
-        body.zeroize();
-        if let Ok(v) = &mut resp.result {
-            ops::scrub_value(v);
-        }
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => break,
-            Err(_) => {
-                tracing::debug!("closing connection: peer stopped reading responses");
-                break;
-            }
-        }
-    }
-    let _ = wr.shutdown().await;
 }

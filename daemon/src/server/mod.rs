@@ -3,6 +3,7 @@
 
 mod connection;
 mod listener;
+mod respond;
 mod shutdown;
 
 use std::sync::atomic::Ordering;
