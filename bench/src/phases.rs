@@ -937,17 +937,21 @@ fn callgrind_costs(path: &std::path::Path) -> (f64, BTreeMap<String, f64>) {
     (total, by)
 }
 
-/// One daemon under callgrind: `pings` pings and `signs` HSM signatures, then SIGTERM; its
-/// costs.
-fn callgrind_run(
-    b: &mut Bench,
-    pings: usize,
-    signs: usize,
-) -> Option<(f64, BTreeMap<String, f64>)> {
-    let out = b
-        .daemon
-        .dir()
-        .join(format!("callgrind.{pings}.{signs}.out"));
+/// `callgrind_control ARG PID`.
+fn callgrind_control(arg: &str, pid: u32) -> bool {
+    Command::new("callgrind_control")
+        .arg(arg)
+        .arg(pid.to_string())
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// One daemon under callgrind: after a warm-up, the counters are zeroed, `n` pings run and are
+/// dumped, zeroed again, `n` HSM signatures run and are dumped (so start-up, session log-ins and
+/// the warm-up are not counted); the costs of each dump.
+type Costs = (f64, BTreeMap<String, f64>);
+fn callgrind_run(b: &mut Bench, n: usize) -> Option<(Costs, Costs)> {
+    let out = b.daemon.dir().join("callgrind.out");
     let base = b.daemon.command();
     let mut c = Command::new("valgrind");
     c.arg("--tool=callgrind")
@@ -965,6 +969,7 @@ fn callgrind_run(
         .stderr(std::process::Stdio::null())
         .spawn()
         .ok()?;
+    let pid = child.id();
     let socket = b.daemon.socket().to_owned();
     let ready = Instant::now() + Duration::from_secs(180);
     let client = loop {
@@ -977,27 +982,42 @@ fn callgrind_run(
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    b.rt.block_on(async {
-        for _ in 0..pings {
-            client
-                .call_raw(names::PING, &PingArgs { data: vec![1; 4] })
-                .await
-                .expect("ping");
-        }
-        let args = SignArgs {
-            key: "hsm-sign".into(),
-            digest: Some(vec![3u8; 32]),
-            ..Default::default()
-        };
-        for _ in 0..signs {
-            let r = client.call_raw(names::SIGN, &args).await.expect("sign");
-            assert!(r.result.is_ok(), "sign under callgrind");
-        }
-    });
+    let ping = PingArgs { data: vec![1; 4] };
+    let sign = SignArgs {
+        key: "hsm-sign".into(),
+        digest: Some(vec![3u8; 32]),
+        ..Default::default()
+    };
+    let run = |op: &'static str, k: usize| {
+        b.rt.block_on(async {
+            for _ in 0..k {
+                let r = if op == names::PING {
+                    client.call_raw(op, &ping).await
+                } else {
+                    client.call_raw(op, &sign).await
+                };
+                assert!(r.is_ok_and(|r| r.result.is_ok()), "{op} under callgrind");
+            }
+        })
+    };
+    run(names::PING, 20);
+    run(names::SIGN, 20);
+    let mut ok = callgrind_control("-z", pid);
+    run(names::PING, n);
+    ok &= callgrind_control("-d", pid);
+    ok &= callgrind_control("-z", pid);
+    run(names::SIGN, n);
+    ok &= callgrind_control("-d", pid);
     drop(client);
-    let _ = nix_kill(child.id());
+    let _ = nix_kill(pid);
     let _ = child.wait();
-    Some(callgrind_costs(&out))
+    if !ok {
+        log("callgrind: callgrind_control failed");
+        return None;
+    }
+    let dump =
+        |i: u32| callgrind_costs(&std::path::PathBuf::from(format!("{}.{i}", out.display())));
+    Some((dump(1), dump(2)))
 }
 
 fn nix_kill(pid: u32) -> std::io::Result<()> {
@@ -1012,37 +1032,27 @@ fn nix_kill(pid: u32) -> std::io::Result<()> {
     }
 }
 
-fn per_request(
-    big: &(f64, BTreeMap<String, f64>),
-    small: &(f64, BTreeMap<String, f64>),
-    n: f64,
-) -> (f64, BTreeMap<String, f64>) {
-    let mut by = BTreeMap::new();
-    for (k, v) in &big.1 {
-        let d = (v - small.1.get(k).copied().unwrap_or(0.0)) / n;
-        if d.abs() >= 1.0 {
-            by.insert(k.clone(), d);
-        }
-    }
-    ((big.0 - small.0) / n, by)
+fn per_request(c: &Costs, n: f64) -> (f64, BTreeMap<String, f64>) {
+    let by =
+        c.1.iter()
+            .map(|(k, v)| (k.clone(), v / n))
+            .filter(|(_, v)| *v >= 1.0)
+            .collect();
+    (c.0 / n, by)
 }
 
-/// Instruction counts per request: three runs under callgrind (base, more pings, more signs);
-/// the differences divided by the extra requests.
+/// Instructions per request: one daemon run under callgrind, counters zeroed after a warm-up.
 fn callgrind(b: &mut Bench) -> Option<Callgrind> {
-    log("callgrind: three daemon runs under valgrind");
-    let (few, many) = (50, 450);
-    let base = callgrind_run(b, few, few)?;
-    let pings = callgrind_run(b, many, few)?;
-    let signs = callgrind_run(b, few, many)?;
-    let n = (many - few) as f64;
-    let (ping_ir, ping_by_object) = per_request(&pings, &base, n);
-    let (sign_ir, sign_by_object) = per_request(&signs, &base, n);
+    log("callgrind: the daemon under valgrind");
+    let n = 300;
+    let (pings, signs) = callgrind_run(b, n)?;
+    let (ping_ir, ping_by_object) = per_request(&pings, n as f64);
+    let (sign_ir, sign_by_object) = per_request(&signs, n as f64);
     log(&format!(
         "callgrind: ping {ping_ir:.0} Ir, sign {sign_ir:.0} Ir per request"
     ));
     Some(Callgrind {
-        requests: many as u64 - few as u64,
+        requests: n as u64,
         ping_ir,
         sign_ir,
         sign_by_object,

@@ -325,9 +325,10 @@ pub fn markdown(r: &Results, s: &Settings) -> String {
     if let Some(c) = &r.callgrind {
         let _ = writeln!(
             o,
-            "\nInstructions per request (valgrind `--tool=callgrind`, the difference of runs \
-             with {} more requests, so start-up cancels out): `ping` {:.0}, HSM `sign` {:.0}. \
-             By object (self cost, per request):\n",
+            "\nInstructions per request (valgrind `--tool=callgrind`; counters zeroed after a \
+             warm-up, then {} requests of each kind, one at a time): `ping` {:.0}, HSM `sign` \
+             {:.0}. By object (self cost, per request; `custodyd` is the daemon's own code, \
+             `libcrypto` and `libsofthsm2` the token's):\n",
             c.requests, c.ping_ir, c.sign_ir
         );
         let _ = writeln!(o, "| object | sign | ping |\n|---|---:|---:|");

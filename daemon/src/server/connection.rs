@@ -14,6 +14,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use zeroize::Zeroize;
 
+use super::readbuf::ZeroizingBufReader;
 use super::respond::Responder;
 use super::shutdown::Shutdown;
 use crate::auth::Peer;
@@ -49,7 +50,8 @@ enum ReadFault {
 /// finishes the requests in flight and writes their responses before returning.
 pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: Shutdown) {
     let limits = limits(&app);
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    let mut rd = ZeroizingBufReader::new(rd);
     let tx = Arc::new(Responder::new(wr, limits.max_frame, limits.idle));
     let inflight = Arc::new(Semaphore::new(limits.max_in_flight));
     let mut hello_done = false;

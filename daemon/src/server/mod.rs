@@ -3,6 +3,7 @@
 
 mod connection;
 mod listener;
+mod readbuf;
 mod respond;
 mod shutdown;
 
