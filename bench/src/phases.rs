@@ -1015,6 +1015,15 @@ fn callgrind_run(b: &mut Bench, n: usize) -> Option<(Costs, Costs)> {
         log("callgrind: callgrind_control failed");
         return None;
     }
+    // Kept for `callgrind_annotate` (ping: .1, sign: .2).
+    let keep = custody_testkit::workspace_root().join("target/bench");
+    let _ = std::fs::create_dir_all(&keep);
+    for i in [1, 2] {
+        let _ = std::fs::copy(
+            format!("{}.{i}", out.display()),
+            keep.join(format!("callgrind.out.{i}")),
+        );
+    }
     let dump =
         |i: u32| callgrind_costs(&std::path::PathBuf::from(format!("{}.{i}", out.display())));
     Some((dump(1), dump(2)))

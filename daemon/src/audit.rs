@@ -98,7 +98,7 @@ impl AuditLog {
 
     /// Writes one record. A failing audit write is reported in the log, not to the client.
     pub fn write(&self, rec: &Record<'_>) {
-        let line = match serde_json::to_string(rec) {
+        let mut line = match serde_json::to_string(rec) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("audit record not serialisable: {e}");
@@ -112,7 +112,9 @@ impl AuditLog {
                     Ok(g) => g,
                     Err(p) => p.into_inner(),
                 };
-                if let Err(e) = writeln!(f, "{line}") {
+                // One write(2) per line (`writeln!` on a File makes two).
+                line.push('\n');
+                if let Err(e) = f.write_all(line.as_bytes()) {
                     tracing::error!("audit write failed: {e}");
                 }
             }
