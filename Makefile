@@ -5,7 +5,7 @@ CARGO ?= cargo
 DEV ?= $(CURDIR)/target/dev
 APT_PACKAGES := swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc pkg-config openssl util-linux faketime systemd lintian dpkg-dev valgrind
 
-.PHONY: deps build test lint demo dev dev-stop bench clean-dev deb
+.PHONY: deps build test lint demo dev dev-stop bench clean-dev deb fuzz faults
 
 ## deps: install missing system packages (apt), the Python interop libraries (pip: cryptography, PyNaCl) and cargo-deb
 deps:
@@ -64,6 +64,14 @@ demo: build
 ## bench: benchmarks (results in BENCHMARKS.md and target/bench/report.json; callgrind needs valgrind, from deps)
 bench: build
 	@scripts/bench.sh
+
+## fuzz: every cargo-fuzz target for FUZZ_SECS seconds (default 60) on its committed corpus; `make test` replays the corpora
+fuzz: deps
+	@scripts/fuzz.sh
+
+## faults: kill -9 during every admin change, FAULT_TRIALS (default 20) trials each (`make test` runs 5)
+faults: build
+	FAULT_TRIALS=$${FAULT_TRIALS:-20} $(CARGO) test --locked -p custody-e2e --test faults -- --nocapture
 
 ## deb: the Debian package (release build, cargo-deb), checked with lintian; prints its path last
 deb: deps

@@ -10,7 +10,12 @@
 #      key rotated, the old envelopes still opened, a new one sealed to the new version;
 #   4. idOS: an issuer (Ed25519 key in the HSM) writes a credential sealed to the user's custody
 #      X25519 key; the user grants access (re-encrypted to a consumer inside the daemon, content
-#      hash returned and checked); the consumer opens it with PyNaCl; a wrong hash is refused.
+#      hash returned and checked); the consumer opens it with PyNaCl; a wrong hash is refused;
+#   5. MOSIP zero-knowledge pool: the credential service encrypts identity attributes under a pool
+#      keyed by K9 and the person's UIN; IDA imports the pool key from MOSIP's share string
+#      (addressed to its certified K22, re-wrapped under K18) and decrypts only with the right UIN;
+#      the independent Python implementation decrypts the same bytes; K9 is rotated and the data
+#      still decrypts.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export DEV=${DEV:-$root/target/demo}
@@ -142,6 +147,44 @@ if custody box reencrypt idos-user --encryptor-pubkey "$epk" --to-pubkey "$consu
   echo "ERROR: a wrong content hash was accepted" >&2; exit 1
 fi
 [ ! -e "$W/bad.b64" ] && echo "refused (integrity); nothing written"
+
+step "MOSIP ZK pool: the credential service's pool (10,000 keys under K9 in the HSM, shared to IDA's certified K22)"
+run custody keys create k9 --kind aes256 --backend pkcs11 >/dev/null
+run custody zk init cred-pool --master k9 --size 10000 --share-to ida-partner
+
+step "MOSIP ZK pool: the credential service zero-knowledge-encrypts a resident's attributes"
+uin=7390128546
+printf '1990/01/01' > "$W/dob.txt"
+custody --json zk encrypt cred-pool --id "$uin" --identifier dateOfBirth --in "$W/dob.txt" --out "$W/dob.attr" > "$W/zk.json"
+index=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["index"])' "$W/zk.json")
+python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["share"])' "$W/zk.json" > "$W/share.txt"
+echo "pool index (rankomKeyIndex): $index"
+echo "share (encryptedRandomKey): $(head -c 60 "$W/share.txt")…"
+echo "attribute (MOSIP wire, base64url): $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["attributes"][0]["value"][:60])' "$W/zk.json")…"
+
+step "MOSIP ZK pool: IDA imports the pool key from the share (K22 decrypts, K18 re-wraps, never in clear)"
+run custody keys create k18 --kind aes256 --backend pkcs11 >/dev/null
+run custody zk init ida-pool --master k18 --size 0
+run custody zk import ida-pool --with ida-partner --in "$W/share.txt" --index "$index"
+
+step "MOSIP ZK pool: IDA decrypts with the UIN presented in the authentication request"
+run custody zk decrypt ida-pool --id "$uin" --in "$W/dob.attr"; echo
+if custody zk decrypt ida-pool --id 7390128547 --in "$W/dob.attr" 2>"$W/wrong-id.err"; then
+  echo "ERROR: a wrong UIN decrypted" >&2; exit 1
+fi
+echo "another UIN: $(cat "$W/wrong-id.err")"
+
+step "MOSIP ZK pool: the independent Python implementation reads the same bytes (pool key shared to a partner)"
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$W/auditor.key" 2>/dev/null
+openssl pkey -in "$W/auditor.key" -pubout -out "$W/auditor.pub"
+custody zk share cred-pool --index "$index" --to-pem "$W/auditor.pub" --out "$W/auditor.share"
+zkn=$(python3 "$root/tests/interop/mosip_zk.py" open-share --priv "$W/auditor.key" --share "$(cat "$W/auditor.share")")
+run python3 "$root/tests/interop/mosip_zk.py" decrypt --key "$zkn" --id "$uin" --in "$W/dob.attr" --out "$W/dob.py"
+cmp "$W/dob.txt" "$W/dob.py" && echo "Python decrypts the daemon's attribute: $(cat "$W/dob.py")"
+
+step "MOSIP ZK pool: rotate K9 (MOSIP cannot) — every pool key re-wrapped, data still decrypts"
+run custody zk rotate-master cred-pool
+run custody zk decrypt cred-pool --id "$uin" --in "$W/dob.attr"; echo
 
 step "Audit trail (last lines)"
 tail -n 5 "$DEV/audit.log"

@@ -111,8 +111,12 @@ pub struct Results {
     pub rss_warm_mib: f64,
     /// RSS after every row and the flood, MiB.
     pub rss_full_mib: f64,
-    /// Keys in the start-up pool.
+    /// Keys in the start-up pool (a MOSIP zero-knowledge pool).
     pub pool_keys: usize,
+    /// `zk.init` of that pool, s.
+    pub zk_init_s: f64,
+    /// The pool's share segments, made in the background after `zk.init`, s.
+    pub zk_shares_s: f64,
     /// Start to ready with that pool, s.
     pub pool_ready_s: f64,
     /// RSS right after that start, MiB.
@@ -605,6 +609,8 @@ pub fn run(s: &Settings) -> Results {
         ));
     }
 
+    zk_rows(&b, &p11, &mut res);
+
     // TPM RSA-2048 sign, MOSIP key: daemon first, then the direct backend, never both at once
     // (one swtpm), so these two are not interleaved.
     let tpm_callers: Vec<usize> = s.callers.iter().copied().filter(|n| *n <= 4).collect();
@@ -785,59 +791,136 @@ fn fairness(b: &Bench, spki: &[u8]) -> Fairness {
     f
 }
 
-/// Creates the key pool (software x25519 keys under the HSM master, pipelined), then restarts
-/// the daemon and times it until it answers `hello`.
-fn pool(b: &mut Bench, res: &mut Results) {
+/// MOSIP zero-knowledge pool (cache off): `zk.init` of `pool_keys` keys under an HSM master with
+/// one share recipient, its background share segments, then `zk.encrypt` / `zk.decrypt` of 1 KiB
+/// (pipelined) against the same work done directly here: unwrap the pool key with the HSM
+/// master, derive, AES-GCM (the share segment is made once per pool key and recipient, in both).
+fn zk_rows(b: &Bench, p11: &Arc<Pkcs11Backend>, res: &mut Results) {
+    use custody_daemon::format::zk;
+    use custody_daemon::keys::pool::pool_aad;
+    use custody_testkit::proto::ops::{
+        ZkAttribute, ZkCryptArgs, ZkEncryptResult, ZkInitArgs, ZkPoolInfo, ZkShowArgs,
+    };
     let n = b.s.pool_keys;
-    log(&format!("key pool: creating {n} keys"));
-    let clients = b.clients(8);
-    b.rt.block_on(async {
-        let mut set = tokio::task::JoinSet::new();
-        let per = n.div_ceil(clients.len() * 8);
-        for (ci, c) in clients.iter().enumerate() {
-            for lane in 0..8 {
-                let c = c.clone();
-                set.spawn(async move {
-                    for i in 0..per {
-                        let k = (ci * 8 + lane) * per + i;
-                        if k >= n {
-                            break;
-                        }
-                        let r = c
-                            .call_raw(
-                                names::KEYS_CREATE,
-                                &KeyCreateArgs {
-                                    name: format!("pool-{k:05}"),
-                                    kind: "x25519".into(),
-                                    backend: "software".into(),
-                                    master: Some("idos-master".into()),
-                                    ..Default::default()
-                                },
-                            )
-                            .await
-                            .expect("keys.create");
-                        if let Err(e) = r.result {
-                            panic!("pool key {k}: {e:?}");
-                        }
-                    }
-                });
-            }
+    log(&format!("zk pool: init {n} keys"));
+    b.create_key("zk-k9", "aes256", "pkcs11", None);
+    b.create_key("zk-ida", "rsa2048-oaep", "pkcs11", None);
+    let t = Instant::now();
+    let info: ZkPoolInfo = b.call(
+        names::ZK_INIT,
+        &ZkInitArgs {
+            pool: "zk-bench".into(),
+            master: "zk-k9".into(),
+            size: Some(u32::try_from(n).expect("pool size")),
+            share_to: Some(vec!["zk-ida".into()]),
+        },
+    );
+    res.zk_init_s = t.elapsed().as_secs_f64();
+    res.pool_keys = n;
+    assert_eq!(info.size, n as u64);
+    // Wait for the share segments so the rows below measure the steady state.
+    let t = Instant::now();
+    loop {
+        let s: ZkPoolInfo = b.call(
+            names::ZK_SHOW,
+            &ZkShowArgs {
+                pool: "zk-bench".into(),
+                verify: false,
+            },
+        );
+        if s.shares_cached >= n as u64 || t.elapsed() > Duration::from_secs(300) {
+            break;
         }
-        while let Some(r) = set.join_next().await {
-            r.expect("pool task");
-        }
-    });
-    drop(clients);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    res.zk_shares_s = t.elapsed().as_secs_f64();
+    let d_master = p11
+        .create(&NewKey {
+            name: "bench-direct-zk-master",
+            version: 1,
+            kind: KeyKind::Aes256,
+            template: Template::Default,
+            master: None,
+        })
+        .expect("direct master");
+    let m_ref = KeyRef::object(&d_master.backend_ref);
+    let pool_key = [0x17u8; 32];
+    let z_aad = pool_aad("direct", 5, "m", 1);
+    let blob = p11
+        .wrap_secret(&m_ref, &pool_key, &z_aad)
+        .expect("wrap pool key");
+    let value = vec![0x33u8; 1024];
+    let derived = |p11: &Pkcs11Backend| {
+        let k = p11
+            .unwrap_secret(&m_ref, &blob, &z_aad)
+            .expect("unwrap pool key");
+        let k: [u8; 32] = k[..].try_into().expect("32 bytes");
+        zk::derive(&k, "4827615930")
+    };
+    let crypt = |count: usize| ZkCryptArgs {
+        pool: "zk-bench".into(),
+        id: "4827615930".into(),
+        attributes: (0..count)
+            .map(|i| ZkAttribute {
+                identifier: format!("a{i}"),
+                value: value.clone(),
+            })
+            .collect(),
+    };
+    for count in [1usize, 16] {
+        let depth = if count == 1 { 16 } else { 8 };
+        let op = if count == 1 {
+            "zk.encrypt 1 × 1 KiB"
+        } else {
+            "zk.encrypt batch 16 × 1 KiB"
+        };
+        log(op);
+        res.rows.push(b.row(
+            op,
+            2,
+            depth,
+            names::ZK_ENCRYPT,
+            crypt(count),
+            Some(|| {
+                let d = derived(p11);
+                for _ in 0..count {
+                    let a = zk::encrypt_attribute(&d, 5, &value).expect("encrypt");
+                    assert_eq!(a.len(), 1024 + zk::OVERHEAD);
+                }
+            }),
+        ));
+    }
+    log("zk.decrypt 1 × 1 KiB");
+    let enc: ZkEncryptResult = b.call(names::ZK_ENCRYPT, &crypt(1));
+    let d_attr = zk::encrypt_attribute(&derived(p11), 5, &value).expect("encrypt");
+    res.rows.push(b.row(
+        "zk.decrypt 1 × 1 KiB",
+        2,
+        16,
+        names::ZK_DECRYPT,
+        ZkCryptArgs {
+            pool: "zk-bench".into(),
+            id: "4827615930".into(),
+            attributes: enc.attributes,
+        },
+        Some(|| {
+            let pt = zk::decrypt_attribute(&derived(p11), &d_attr).expect("decrypt");
+            assert_eq!(pt.len(), 1024);
+        }),
+    ));
+}
+
+/// Restarts the daemon (its registry holds the zk pool) and times it until it answers `hello`.
+fn pool(b: &mut Bench, res: &mut Results) {
     b.daemon.terminate();
     let t = Instant::now();
     b.daemon.spawn();
     b.daemon.wait_ready(Duration::from_secs(120));
     res.pool_ready_s = t.elapsed().as_secs_f64();
-    res.pool_keys = n;
     res.pool_rss_mib = rss_mib(b.pid());
     log(&format!(
-        "key pool: ready in {:.3} s with {n} keys",
-        res.pool_ready_s
+        "restart: ready in {:.3} s with a {}-key zk pool",
+        res.pool_ready_s, res.pool_keys
     ));
 }
 

@@ -35,6 +35,31 @@ pub struct Config {
     /// Roles: who may do what on which keys. Default deny.
     #[serde(default)]
     pub roles: Vec<RoleConfig>,
+    /// Zero-knowledge pools.
+    #[serde(default)]
+    pub zk: ZkSection,
+}
+
+/// `[zk]`: the optional cache of unwrapped pool keys. Off by default: every operation unwraps
+/// its pool key with the master in hardware. With a cache, up to `cache_size` pool keys stay in
+/// daemon memory (zeroizing, never swapped out when memory locking is on) for up to
+/// `cache_ttl_secs` each — fewer token operations against more key material in memory.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZkSection {
+    /// Most unwrapped pool keys kept; 0 = no cache.
+    pub cache_size: usize,
+    /// Seconds an unwrapped pool key may stay cached.
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for ZkSection {
+    fn default() -> Self {
+        ZkSection {
+            cache_size: 0,
+            cache_ttl_secs: 60,
+        }
+    }
 }
 
 /// `[server]`.

@@ -218,8 +218,12 @@ pub fn build(cfg: Config, path: &Path) -> Result<App, String> {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let backends = backends(&cfg, path)?;
-    let keys = KeyManager::open(&cfg.storage.path, backends, cfg.keys.defaults)
+    let mut keys = KeyManager::open(&cfg.storage.path, backends, cfg.keys.defaults)
         .map_err(|e| format!("{}: {e}", cfg.storage.path.display()))?;
+    keys.set_pool_cache(
+        cfg.zk.cache_size,
+        std::time::Duration::from_secs(cfg.zk.cache_ttl_secs),
+    );
     keys.ensure_declared(&cfg.keys.declare)
         .map_err(|e| format!("declared keys: {e}"))?;
     App::new(cfg, path.to_owned(), policy, audit, keys)

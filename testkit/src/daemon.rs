@@ -55,6 +55,37 @@ impl Daemon {
         &self.root
     }
 
+    /// The key registry file (`[storage] path`).
+    pub fn registry_path(&self) -> PathBuf {
+        self.root.join("keys.db")
+    }
+
+    /// Checks the registry file as SQLite sees it (read-only, beside a running daemon):
+    /// `PRAGMA integrity_check` says `ok` and `PRAGMA foreign_key_check` finds nothing. Panics
+    /// with what is wrong.
+    pub fn assert_registry_intact(&self) {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.registry_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open the registry read-only");
+        let ok: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity_check");
+        assert_eq!(ok, "ok", "registry integrity_check");
+        let bad: Vec<String> = conn
+            .prepare("PRAGMA foreign_key_check")
+            .expect("foreign_key_check")
+            .query_map([], |r| r.get::<_, String>(0))
+            .expect("foreign_key_check rows")
+            .collect::<Result<_, _>>()
+            .expect("foreign_key_check rows");
+        assert!(
+            bad.is_empty(),
+            "registry rows without their parent in {bad:?}"
+        );
+    }
+
     /// The socket path.
     pub fn socket(&self) -> &Path {
         &self.socket

@@ -112,6 +112,39 @@ impl Hsm {
         }
     }
 
+    /// Writes a key made outside custodyd onto the token, as another application (MOSIP's
+    /// keymanager) would have: `pkcs11-tool --write-object FILE --type TYPE` with a label and a
+    /// `CKA_ID`, `CKA_SENSITIVE` set, and `CKA_EXTRACTABLE` only when `extractable`. `ty` is
+    /// `secrkey` (FILE: the raw AES-256 key) or `privkey` (FILE: a DER private key); the key may
+    /// decrypt. Asserts success.
+    pub fn write_key(&self, file: &Path, ty: &str, label: &str, id_hex: &str, extractable: bool) {
+        let file = file.to_str().expect("utf-8 path");
+        let mut args = vec![
+            "--write-object",
+            file,
+            "--type",
+            ty,
+            "--label",
+            label,
+            "--id",
+            id_hex,
+            "--sensitive",
+            "--usage-decrypt",
+        ];
+        if ty == "secrkey" {
+            args.extend(["--key-type", "AES:32"]);
+        }
+        if extractable {
+            args.push("--extractable");
+        }
+        let out = self.pkcs11_tool(&args);
+        assert!(
+            out.status.success(),
+            "pkcs11-tool --write-object: {}",
+            stderr(&out)
+        );
+    }
+
     /// `pkcs11-tool --list-objects` on this token, asserting success; its stdout.
     pub fn list_objects(&self) -> String {
         let out = self.pkcs11_tool(&["--list-objects"]);

@@ -76,8 +76,9 @@ pub use process::{
     stderr, stdout, wait_for, workspace_file, workspace_root, SEC,
 };
 pub use python::{
-    py_ca, py_envelope, py_idos, py_idos_json, python, python_tpm_primary, require_pynacl,
-    require_python_cryptography, IDOS_NACL_PY, MOSIP_ENVELOPE_PY, TPM_PRIMARY_PY, X509_CA_PY,
+    py_ca, py_envelope, py_idos, py_idos_json, py_zk, python, python_tpm_primary, require_pynacl,
+    require_python_cryptography, IDOS_NACL_PY, MOSIP_ENVELOPE_PY, MOSIP_ZK_PY, TPM_PRIMARY_PY,
+    X509_CA_PY,
 };
 pub use raw::{
     err_code, frame_bytes, ping_args, ping_data, request_body, server_code, RawConn, Reply,

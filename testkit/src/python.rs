@@ -11,6 +11,8 @@ use crate::process::{run_ok, run_with_timeout, stderr, stdout, workspace_file};
 pub const MOSIP_ENVELOPE_PY: &str = "tests/interop/mosip_envelope.py";
 /// An independent certificate authority (`ca`, `issue`, `ec`), Python `cryptography`.
 pub const X509_CA_PY: &str = "tests/interop/x509_ca.py";
+/// The independent MOSIP zero-knowledge implementation.
+pub const MOSIP_ZK_PY: &str = "tests/interop/mosip_zk.py";
 /// A raw TPM2_CreatePrimary with MOSIP's templates: `PORT sign|encrypt [--template]`.
 pub const TPM_PRIMARY_PY: &str = "tests/interop/tpm_mosip_primary.py";
 
@@ -88,6 +90,14 @@ pub fn python_tpm_primary(port: u16, which: &str) -> Vec<u8> {
         stderr(&out)
     );
     hex::decode(stdout(&out).trim()).expect("hex TPMT_PUBLIC")
+}
+
+/// `python3 tests/interop/mosip_zk.py ARGS…` (MOSIP's zero-knowledge formats), asserting
+/// success.
+pub fn py_zk(args: &[&str]) -> Output {
+    let mut c = Command::new("python3");
+    c.arg(workspace_file(MOSIP_ZK_PY)).args(args);
+    run_ok(&mut c)
 }
 
 /// `python3 tests/interop/x509_ca.py ARGS…`, asserting success.

@@ -272,6 +272,15 @@ pub struct NewKey<'a> {
     pub master: Option<(&'a Master, &'a [u8])>,
 }
 
+/// How to find a key that already exists in a device (`keys.adopt`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExistingKey {
+    /// By `CKA_LABEL`.
+    Label(String),
+    /// By `CKA_ID`.
+    Id(Vec<u8>),
+}
+
 /// Public half of an asymmetric key, in the encodings the daemon hands out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKeyInfo {
@@ -396,6 +405,25 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         let _ = (master, wrapped, aad);
         Err(unsupported(self.kind(), "unwrapping secrets"))
+    }
+
+    /// Registers a key that already exists in the device (made by other software, e.g. MOSIP's
+    /// keymanager) as a key version of `kind`: checked to be of that kind, sensitive and
+    /// non-extractable. Nothing is generated.
+    fn adopt(&self, kind: KeyKind, at: &ExistingKey) -> Result<CreatedKey, BackendError> {
+        let _ = at;
+        Err(unsupported(self.kind(), &format!("adopting {kind} keys")))
+    }
+
+    /// AES-256-ECB decryption without padding with an `aes256` key (MOSIP's wrapping of pool keys
+    /// under K9); `data` is a multiple of 16 bytes.
+    fn ecb_decrypt(
+        &self,
+        key: &KeyRef<'_>,
+        data: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let _ = (key, data);
+        Err(unsupported(self.kind(), "AES-ECB decryption"))
     }
 
     /// Creates a key version from a secret given by the caller (a password-derived X25519 key):

@@ -1,5 +1,5 @@
 //! Byte-exact MOSIP formats: thumbprints and key indexes, the keymanager hybrid envelope
-//! (`VER_R2`), compact JWS (RS256) assembly, and the TPM `TPMT_PUBLIC` encoding of RSA keys.
+//! (`VER_R2`), the zero-knowledge attribute, share and pool-export formats, compact JWS (RS256) assembly, and the TPM `TPMT_PUBLIC` encoding of RSA keys.
 //!
 //! Everything here is a pure function: no I/O and no backend calls. Private-key operations (RSA
 //! signing, RSA-OAEP unwrapping) are done by a backend; this module only builds and parses the
@@ -13,3 +13,4 @@ pub mod okp;
 pub mod thumbprint;
 pub mod tpm_public;
 pub mod x509;
+pub mod zk;

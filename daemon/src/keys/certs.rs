@@ -130,6 +130,7 @@ impl KeyManager {
             public_tpmt: None,
             sealed: None,
             certs: cert.into_iter().collect(),
+            adopted: false,
         };
         if existing.is_some() {
             store.rotate(name, &v)?;

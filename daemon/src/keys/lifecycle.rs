@@ -10,8 +10,8 @@ use super::record::{now, KeyRecord, MasterRef, SealedSecret, VersionRecord, Vers
 use super::select::usable;
 use super::KeyManager;
 use crate::backend::{
-    software, validate_key_name, BackendError, BackendKind, KeyKind, KeyRef, Master, NewKey,
-    PublicKeyInfo, Template,
+    software, validate_key_name, BackendError, BackendKind, ExistingKey, KeyKind, KeyRef, Master,
+    NewKey, PublicKeyInfo, Template,
 };
 use crate::config::DeclaredKey;
 use crate::error::OpError;
@@ -144,6 +144,75 @@ impl KeyManager {
         Ok(self.publish(rec))
     }
 
+    /// Registers a key that already exists in a backend (`keys.adopt`) as version 1 of a new key
+    /// `name`, after the backend checked its kind and protection; durable before it returns.
+    /// One object is adopted under one name only. The object stays the token owner's: destroying
+    /// the version later only forgets it.
+    pub fn adopt(
+        &self,
+        name: &str,
+        kind: KeyKind,
+        backend: BackendKind,
+        at: &ExistingKey,
+    ) -> Result<Arc<KeyRecord>, OpError> {
+        validate_key_name(name).map_err(OpError::bad)?;
+        if backend != BackendKind::Pkcs11 {
+            return Err(OpError::bad(format!(
+                "keys are adopted from a pkcs11 token, not the {backend} backend"
+            )));
+        }
+        let mut store = self.lock_store();
+        if store.exists(name)? {
+            return Err(OpError::new(
+                ErrorCode::AlreadyExists,
+                format!("key `{name}` already exists"),
+            ));
+        }
+        let c = self.backend(backend)?.adopt(kind, at)?;
+        if let Some(other) = self.list().iter().find(|k| {
+            k.backend == backend
+                && k.versions
+                    .iter()
+                    .any(|v| v.is_live() && v.backend_ref == c.backend_ref)
+        }) {
+            return Err(OpError::new(
+                ErrorCode::AlreadyExists,
+                format!("that token object is already key `{}`", other.name),
+            ));
+        }
+        let created = now();
+        let rec = KeyRecord {
+            name: name.to_owned(),
+            kind,
+            backend,
+            template: Template::Default,
+            master: None,
+            validity_days: self.policy.validity_days,
+            pre_expire_days: self.policy.pre_expire_days,
+            versions: vec![VersionRecord {
+                version: 1,
+                state: VersionState::Active,
+                created,
+                not_after: created + i64::from(self.policy.validity_days) * 86_400,
+                backend_ref: c.backend_ref,
+                thumbprint: c
+                    .public
+                    .as_ref()
+                    .map(|p| crate::format::thumbprint::thumbprint(&p.spki_der)),
+                public_der: c.public.map(|p| p.spki_der),
+                public_tpmt: None,
+                sealed: None,
+                certs: Vec::new(),
+                adopted: true,
+            }],
+        };
+        store.insert_key(&rec)?;
+        let rec = self.publish(rec);
+        drop(store);
+        tracing::info!(key = %name, kind = %kind, "key adopted from the token");
+        Ok(rec)
+    }
+
     /// Makes a new current version; previous active versions become decrypt-only.
     pub fn rotate(&self, name: &str) -> Result<Arc<KeyRecord>, OpError> {
         self.rotate_if(name, |_| true)
@@ -238,7 +307,13 @@ impl KeyManager {
                 user.name
             )));
         }
-        if to == VersionState::Destroyed && !self.shared_object(&rec, idx) {
+        if let Some(pool) = self.pool_using(name, version) {
+            return Err(OpError::bad(format!(
+                "version {version} of `{name}` still wraps keys of zk pool `{pool}`; run \
+                 `zk rotate-master {pool}` first"
+            )));
+        }
+        if to == VersionState::Destroyed && !v.adopted && !self.shared_object(&rec, idx) {
             match self
                 .backend(rec.backend)?
                 .destroy(&KeyRef::object(&v.backend_ref))
@@ -271,7 +346,7 @@ impl KeyManager {
     }
 
     /// The current version of a master key, checked to be an `aes256` key held in hardware.
-    fn master_for_new(&self, name: &str) -> Result<(MasterRef, Master), OpError> {
+    pub(super) fn master_for_new(&self, name: &str) -> Result<(MasterRef, Master), OpError> {
         let master = self.get(name)?;
         if master.kind != KeyKind::Aes256 || master.backend == BackendKind::Software {
             return Err(OpError::new(
@@ -359,6 +434,7 @@ impl KeyManager {
             thumbprint,
             sealed,
             certs: Vec::new(),
+            adopted: false,
         })
     }
 

@@ -1,6 +1,6 @@
 //! Keys: the registry's records and their in-memory cache (this file), resolution of a key
 //! version for an operation (`select`), the validity policy (`policy`), admin changes
-//! (`lifecycle`), the SQLite store with its schema migrations (`store`) and its backups
+//! (`lifecycle`), the zero-knowledge key pools (`pool`), the SQLite store with its schema migrations (`store`) and its backups
 //! (`backup`).
 //!
 //! Methods that touch a backend block: call them from a blocking worker thread.
@@ -9,6 +9,8 @@ pub mod backup;
 mod certs;
 mod lifecycle;
 mod policy;
+pub mod pool;
+mod pool_store;
 mod record;
 mod select;
 mod store;
@@ -34,6 +36,7 @@ pub struct KeyManager {
     cache: RwLock<HashMap<String, Arc<KeyRecord>>>,
     backends: HashMap<BackendKind, Arc<dyn Backend>>,
     policy: KeyPolicy,
+    pools: pool::Pools,
 }
 
 impl From<StoreError> for OpError {
@@ -51,6 +54,7 @@ impl KeyManager {
         policy: KeyPolicy,
     ) -> Result<KeyManager, StoreError> {
         let store = Store::open(path)?;
+        let pools = pool::Pools::load(store.load_pools()?);
         let cache = store
             .load_all()?
             .into_iter()
@@ -61,6 +65,7 @@ impl KeyManager {
             cache: RwLock::new(cache),
             backends: backends.into_iter().map(|b| (b.kind(), b)).collect(),
             policy,
+            pools,
         };
         km.reseal_legacy();
         Ok(km)

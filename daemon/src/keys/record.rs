@@ -105,6 +105,8 @@ pub struct VersionRecord {
     pub sealed: Option<SealedSecret>,
     /// X.509 certificates of this version's public key, oldest first.
     pub certs: Vec<CertInfo>,
+    /// Adopted from the token (`keys.adopt`), not generated: custodyd never destroys its object.
+    pub adopted: bool,
 }
 
 impl VersionRecord {

@@ -4,7 +4,8 @@
 //! The schema version is SQLite's `user_version`. Version 0 is the registry of the first release
 //! (no `user_version`, backend `wrapped`, the master of a wrapped secret as the text `name:vN` in
 //! `backend_ref`); version 1 added typed master references and the `software` name; version 2
-//! the `certs` table. [`Store::open`] migrates an older file to [`SCHEMA_VERSION`] in one
+//! the `certs` table; version 3 adopted versions and the zero-knowledge pools (`zk_pools`,
+//! `zk_keys`). [`Store::open`] migrates an older file to [`SCHEMA_VERSION`] in one
 //! transaction.
 
 use std::path::Path;
@@ -16,7 +17,7 @@ use crate::backend::{BackendKind, KeyKind, Template};
 use crate::format::x509::{parse_certificate, CertInfo};
 
 /// The schema this daemon writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Registry errors.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,7 @@ pub enum StoreError {
 
 /// The SQLite registry.
 pub struct Store {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 const SCHEMA: &str = "
@@ -71,6 +72,28 @@ CREATE TABLE certs (
     der      BLOB NOT NULL,
     PRIMARY KEY (name, version, seq),
     FOREIGN KEY (name, version) REFERENCES versions(name, version)
+);
+";
+
+/// Version 2 → 3: versions adopted from a token (never destroyed there by custodyd), and the
+/// zero-knowledge key pools: each pool key wrapped under a version of the pool's master, the
+/// version recorded per row so a master rotation can be interrupted anywhere.
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE versions ADD COLUMN adopted INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE zk_pools (
+    name        TEXT PRIMARY KEY,
+    master      TEXT NOT NULL,
+    share_to    TEXT NOT NULL,
+    created     INTEGER NOT NULL,
+    rotating_to INTEGER
+);
+CREATE TABLE zk_keys (
+    pool           TEXT NOT NULL REFERENCES zk_pools(name),
+    idx            INTEGER NOT NULL,
+    master_version INTEGER NOT NULL,
+    blob           BLOB NOT NULL,
+    origin         TEXT NOT NULL,
+    PRIMARY KEY (pool, idx)
 );
 ";
 
@@ -136,10 +159,16 @@ impl Store {
                 // A new file: the schema-1 tables, then every later step.
                 tx.execute_batch(SCHEMA)?;
                 tx.execute_batch(MIGRATE_1_TO_2)?;
+                tx.execute_batch(MIGRATE_2_TO_3)?;
+            }
+            2 => {
+                tx.execute_batch(MIGRATE_2_TO_3)?;
+                tracing::info!(registry = %path.display(), "registry migrated from schema 2 to 3");
             }
             1 => {
                 tx.execute_batch(MIGRATE_1_TO_2)?;
-                tracing::info!(registry = %path.display(), "registry migrated from schema 1 to 2");
+                tx.execute_batch(MIGRATE_2_TO_3)?;
+                tracing::info!(registry = %path.display(), "registry migrated from schema 1 to 3");
             }
             0 => {
                 tx.execute_batch(MIGRATE_0_TO_1)?;
@@ -167,7 +196,8 @@ impl Store {
                     )?;
                 }
                 tx.execute_batch(MIGRATE_1_TO_2)?;
-                tracing::info!(registry = %path.display(), "registry migrated from schema 0 to 2");
+                tx.execute_batch(MIGRATE_2_TO_3)?;
+                tracing::info!(registry = %path.display(), "registry migrated from schema 0 to 3");
             }
             v => return Err(corrupt(format!("unknown registry schema {v}"))),
         }
@@ -215,31 +245,36 @@ impl Store {
     fn load_versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT version, state, created, not_after, backend_ref, public_der, public_tpmt,
-                    thumbprint, wrapped, master_name, master_version, aad_bound
+                    thumbprint, wrapped, master_name, master_version, aad_bound, adopted
              FROM versions WHERE name = ?1 ORDER BY version",
         )?;
         let rows = stmt.query_map([name], |r| {
             Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, Option<Vec<u8>>>(5)?,
-                r.get::<_, Option<Vec<u8>>>(6)?,
-                r.get::<_, Option<Vec<u8>>>(7)?,
-                r.get::<_, Option<Vec<u8>>>(8)?,
                 (
-                    r.get::<_, Option<String>>(9)?,
-                    r.get::<_, Option<u32>>(10)?,
-                    r.get::<_, bool>(11)?,
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<Vec<u8>>>(5)?,
+                    r.get::<_, Option<Vec<u8>>>(6)?,
+                    r.get::<_, Option<Vec<u8>>>(7)?,
+                    r.get::<_, Option<Vec<u8>>>(8)?,
+                    (
+                        r.get::<_, Option<String>>(9)?,
+                        r.get::<_, Option<u32>>(10)?,
+                        r.get::<_, bool>(11)?,
+                    ),
                 ),
+                r.get::<_, bool>(12)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (version, state, created, not_after, backend_ref, der, tpmt, thumb, wrapped, m) =
-                row?;
+            let (
+                (version, state, created, not_after, backend_ref, der, tpmt, thumb, wrapped, m),
+                adopted,
+            ) = row?;
             let (master_name, master_version, aad_bound) = m;
             // A destroyed version keeps its master columns (history) but no secret.
             let sealed = match (wrapped, master_name, master_version) {
@@ -278,6 +313,7 @@ impl Store {
                 thumbprint,
                 sealed,
                 certs,
+                adopted,
             });
         }
         Ok(out)
@@ -403,8 +439,8 @@ fn insert_version(
     tx.execute(
         "INSERT INTO versions (name, version, state, created, not_after, backend_ref, public_der,
                                public_tpmt, thumbprint, wrapped, master_name, master_version,
-                               aad_bound)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                               aad_bound, adopted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             name,
             v.version,
@@ -419,6 +455,7 @@ fn insert_version(
             v.sealed.as_ref().map(|s| &s.master.name),
             v.sealed.as_ref().map(|s| s.master.version),
             v.sealed.as_ref().is_some_and(|s| s.aad_bound),
+            v.adopted,
         ],
     )?;
     for c in &v.certs {

@@ -29,6 +29,7 @@ pub fn info(rec: &KeyRecord) -> KeyInfo {
                 not_after: v.not_after,
                 thumbprint: v.thumbprint.map(|t| t.to_vec()),
                 thumbprints: thumbprints(v),
+                adopted: v.adopted,
             })
             .collect(),
     }

@@ -97,6 +97,12 @@ impl Recipient {
         let k = app
             .keys
             .resolve(name, KeyKind::Rsa2048Oaep, op, Selector::Current)?;
+        Recipient::version(&k)
+    }
+
+    /// A resolved version of a named `rsa2048-oaep` key.
+    pub fn version(k: &KeyVersion) -> Result<Recipient, OpError> {
+        let name = &k.key().name;
         let spki = k
             .record()
             .public_der

@@ -14,6 +14,7 @@ mod keyuse;
 mod public;
 mod rewrap;
 mod sign;
+mod zk;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -156,6 +157,11 @@ impl Ctx {
             Ok(Err(_)) => Err(OpError::internal("operation failed: worker job panicked")),
         }
     }
+}
+
+/// Starts making the share segments of every zero-knowledge pool in the background (at start).
+pub fn warm_pools(app: &Arc<App>) {
+    zk::warm_all(app);
 }
 
 /// An operation's handler: runs after the request's arguments decoded and every right the op
@@ -363,6 +369,8 @@ mod tests {
                 "envelope.seal" => Some(("key", Value::Text("k".into()))),
                 "rewrap" => Some(("to_key", Value::Text("k".into()))),
                 "keys.cert" => Some(("self_signed", Value::Bool(true))),
+                "keys.adopt" => Some(("label", Value::Text("l".into()))),
+                "zk.share" => Some(("to", Value::Text("k".into()))),
                 _ => None,
             };
             if let (Some((field, value)), Value::Map(m)) = (extra, &mut args) {

@@ -28,6 +28,8 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     tracing::info!(socket = %s.socket.display(), "listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    // Share segments of the zk pools are made in the background, after ready.
+    crate::ops::warm_pools(&app);
 
     let (notify_tx, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);

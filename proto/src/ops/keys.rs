@@ -63,6 +63,10 @@ pub struct VersionInfo {
     /// first (omitted for kinds without a public key).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thumbprints: Vec<ThumbprintInfo>,
+    /// True for a version adopted from the token (`keys.adopt`): custodyd never destroys its
+    /// object (omitted when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 }
 
 /// One thumbprint of a key version and what it is over.

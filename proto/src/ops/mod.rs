@@ -14,6 +14,7 @@ mod decrypt;
 mod envelope;
 mod keys;
 mod sign;
+mod zk;
 
 pub use admin::*;
 pub use basic::*;
@@ -23,6 +24,7 @@ pub use decrypt::*;
 pub use envelope::*;
 pub use keys::*;
 pub use sign::*;
+pub use zk::*;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -191,6 +193,40 @@ macro_rules! for_each_op {
                         .chain(a.master.as_deref().map(|m| Access::on(KeysCreate::NAME, m)))
                         .collect())
                 });
+            (KeysAdopt, keys_adopt, KEYS_ADOPT, "keys.adopt", KeyAdoptArgs, KeyInfo,
+                |a| {
+                    exactly_one(a.label.is_some(), a.id.is_some(), "`label` and `id`")?;
+                    Ok(vec![Access::on(KeysAdopt::NAME, &a.name)])
+                });
+            // Pools are named like keys; roles match pool names against their `keys` patterns.
+            (ZkInit, zk_init, ZK_INIT, "zk.init", ZkInitArgs, ZkPoolInfo,
+                // Wrapping under the master is a use of it.
+                |a| Ok(vec![Access::on(ZkInit::NAME, &a.pool), Access::on(ZkInit::NAME, &a.master)]));
+            (ZkShow, zk_show, ZK_SHOW, "zk.show", ZkShowArgs, ZkPoolInfo,
+                |a| Ok(vec![Access::on(ZkShow::NAME, &a.pool)]));
+            (ZkEncrypt, zk_encrypt, ZK_ENCRYPT, "zk.encrypt", ZkCryptArgs, ZkEncryptResult,
+                |a| Ok(vec![Access::on(ZkEncrypt::NAME, &a.pool)]));
+            (ZkDecrypt, zk_decrypt, ZK_DECRYPT, "zk.decrypt", ZkCryptArgs, ZkDecryptResult,
+                |a| Ok(vec![Access::on(ZkDecrypt::NAME, &a.pool)]));
+            (ZkShare, zk_share, ZK_SHARE, "zk.share", ZkShareArgs, ZkShareResult,
+                |a| {
+                    exactly_one(a.to.is_some(), a.to_public_key.is_some(), "`to` and `to_public_key`")?;
+                    Ok(std::iter::once(Access::on(ZkShare::NAME, &a.pool))
+                        .chain(a.to.as_deref().map(|t| Access::on(ZkShare::NAME, t)))
+                        .collect())
+                });
+            (ZkImport, zk_import, ZK_IMPORT, "zk.import", ZkImportArgs, ZkImportResult,
+                // Decrypting the share is a use of `key`.
+                |a| Ok(vec![Access::on(ZkImport::NAME, &a.pool), Access::on(ZkImport::NAME, &a.key)]));
+            (ZkRotateMaster, zk_rotate_master, ZK_ROTATE_MASTER, "zk.rotate-master", ZkPoolArgs,
+                ZkPoolInfo,
+                |a| Ok(vec![Access::on(ZkRotateMaster::NAME, &a.pool)]));
+            (ZkImportMosip, zk_import_mosip, ZK_IMPORT_MOSIP, "zk.import-mosip", ZkImportMosipArgs,
+                ZkImportMosipResult,
+                |a| Ok(vec![
+                    Access::on(ZkImportMosip::NAME, &a.pool),
+                    Access::on(ZkImportMosip::NAME, &a.master),
+                ]));
         }
     };
 }

@@ -1,16 +1,16 @@
-//! `keys create | list | show | rotate | retire | destroy | public`, and the certificate
+//! `keys create | adopt | list | show | rotate | retire | destroy | public`, and the certificate
 //! commands of [`crate::certs`].
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
 use custody_client::proto::ops::{
-    KeyCreateArgs, KeyInfo, KeyListArgs, KeyNameArgs, KeyVersionArgs, PublicKeyArgs,
+    KeyAdoptArgs, KeyCreateArgs, KeyInfo, KeyListArgs, KeyNameArgs, KeyVersionArgs, PublicKeyArgs,
 };
 use custody_client::BlockingClient;
 use serde_json::json;
 
-use crate::io::{b64url, write_output};
+use crate::io::{b64url, hex_arg, write_output};
 use crate::Out;
 
 #[derive(Subcommand, Debug)]
@@ -39,6 +39,22 @@ pub enum Cmd {
         /// Days before expiry at which a new version must take over.
         #[arg(long)]
         pre_expire_days: Option<u32>,
+    },
+    /// Take custody of a key that already exists in the HSM (e.g. MOSIP's K9 or a partner key)
+    /// instead of generating one: checked to be of that kind, sensitive and non-extractable
+    /// (admin). Destroying an adopted version later leaves the token object in place.
+    Adopt {
+        /// Name to register it under: 1–64 of A-Z a-z 0-9 . _ -
+        name: String,
+        /// aes256, rsa2048-oaep or rsa2048-sign.
+        #[arg(long)]
+        kind: String,
+        /// The object's CKA_LABEL.
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        label: Option<String>,
+        /// The object's CKA_ID, hex.
+        #[arg(long, value_name = "HEX")]
+        id: Option<String>,
     },
     /// List the keys your roles cover, with their versions.
     List,
@@ -115,6 +131,17 @@ pub fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
             master,
             validity_days,
             pre_expire_days,
+        })?),
+        Cmd::Adopt {
+            name,
+            kind,
+            label,
+            id,
+        } => show(c.keys_adopt(&KeyAdoptArgs {
+            name,
+            kind,
+            label,
+            id: id.map(|h| hex_arg(&h, "--id")).transpose()?,
         })?),
         Cmd::List => {
             let r = c.keys_list(&KeyListArgs {})?;

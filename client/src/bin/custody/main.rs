@@ -15,6 +15,7 @@ mod exit;
 mod io;
 mod keys;
 mod sign;
+mod zk;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,10 @@ enum Cmd {
     /// idOS nacl.box: seal, open, reencrypt (access grants), derive (password keys).
     #[command(subcommand, name = "box")]
     Box(box_::Cmd),
+    /// MOSIP's zero-knowledge key pool: init, encrypt/decrypt attributes, share and import
+    /// pool keys, rotate the master, import a MOSIP export.
+    #[command(subcommand)]
+    Zk(zk::Cmd),
     /// Operate the daemon (backup).
     #[command(subcommand)]
     Admin(admin::Cmd),
@@ -145,6 +150,7 @@ fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
         Cmd::Decrypt(cmd) => decrypt::run(c, json, cmd),
         Cmd::Envelope(cmd) => envelope::run(c, json, cmd),
         Cmd::Box(cmd) => box_::run(c, json, cmd),
+        Cmd::Zk(cmd) => zk::run(c, json, cmd),
         Cmd::Admin(cmd) => admin::run(c, json, cmd),
         Cmd::GenerateAssets { .. } => Ok(()),
     }

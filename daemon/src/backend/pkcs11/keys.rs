@@ -1,6 +1,7 @@
 //! Key objects: references, creation templates, lookup and the handle cache.
 //!
-//! A key version is addressed as `id:<hex of CKA_ID>` (16 random bytes). The private (or secret)
+//! A key version is addressed as `id:<hex of CKA_ID>` (16 random bytes for the keys custodyd
+//! generates, 1 to 64 bytes for adopted ones). The private (or secret)
 //! and public objects of one key share the `CKA_ID`. Object handles are cached per (id, role):
 //! PKCS#11 handles stay valid for the application while the token stays, and looking objects up
 //! with `C_FindObjects*` on every operation is what exhausted MOSIP's HSM. The cache is bounded.
@@ -18,37 +19,66 @@ use rsa::{BigUint, RsaPublicKey};
 use super::errors::{describe, OpError};
 use crate::backend::{BackendError, KeyKind, PublicKeyInfo};
 
-/// Length of a `CKA_ID` in bytes.
+/// Length of the `CKA_ID` custodyd gives the keys it generates.
 pub(crate) const ID_LEN: usize = 16;
+
+/// Longest `CKA_ID` of an adopted key (keys made by other software may use any length).
+pub(crate) const MAX_ID_LEN: usize = 64;
 
 /// Most cached handles; the cache is emptied when full (it refills on use).
 const CACHE_CAP: usize = 4096;
 
-/// The `CKA_ID` of a key version, parsed from its `backend_ref`.
+/// The `CKA_ID` of a key version, parsed from its `backend_ref`: 1 to [`MAX_ID_LEN`] bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct KeyId(pub(crate) [u8; ID_LEN]);
+pub(crate) struct KeyId {
+    len: u8,
+    bytes: [u8; MAX_ID_LEN],
+}
 
 impl KeyId {
-    /// Parses `id:<32 hex digits>`.
+    /// Parses `id:<hex>` (1 to [`MAX_ID_LEN`] bytes).
     pub(crate) fn parse(backend_ref: &str) -> Result<Self, BackendError> {
         let bad = || BackendError::BadInput(format!("not a pkcs11 key reference: {backend_ref:?}"));
         let hex_part = backend_ref.strip_prefix("id:").ok_or_else(bad)?;
         let bytes = hex::decode(hex_part).map_err(|_| bad())?;
-        let id: [u8; ID_LEN] = bytes.try_into().map_err(|_| bad())?;
-        Ok(KeyId(id))
+        KeyId::from_bytes(&bytes).ok_or_else(bad)
     }
 
-    /// A fresh random id.
+    /// The id with these bytes; `None` when empty or longer than [`MAX_ID_LEN`].
+    pub(crate) fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.is_empty() || b.len() > MAX_ID_LEN {
+            return None;
+        }
+        let mut bytes = [0u8; MAX_ID_LEN];
+        bytes[..b.len()].copy_from_slice(b);
+        Some(KeyId {
+            len: b.len() as u8,
+            bytes,
+        })
+    }
+
+    /// A fresh random id of [`ID_LEN`] bytes.
     pub(crate) fn random() -> Self {
         use rand::RngCore;
         let mut id = [0u8; ID_LEN];
         rand::rngs::OsRng.fill_bytes(&mut id);
-        KeyId(id)
+        // ID_LEN is within 1..=MAX_ID_LEN.
+        let mut bytes = [0u8; MAX_ID_LEN];
+        bytes[..ID_LEN].copy_from_slice(&id);
+        KeyId {
+            len: ID_LEN as u8,
+            bytes,
+        }
+    }
+
+    /// The `CKA_ID` bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 
     /// The `backend_ref` string.
     pub(crate) fn to_ref(self) -> String {
-        format!("id:{}", hex::encode(self.0))
+        format!("id:{}", hex::encode(self.as_bytes()))
     }
 }
 
@@ -71,7 +101,10 @@ pub(crate) enum Role {
 
 impl Role {
     fn template(self, id: &KeyId) -> Vec<Attribute> {
-        let mut t = vec![Attribute::Token(true), Attribute::Id(id.0.to_vec())];
+        let mut t = vec![
+            Attribute::Token(true),
+            Attribute::Id(id.as_bytes().to_vec()),
+        ];
         match self {
             Role::Sign => t.extend([
                 Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -221,7 +254,10 @@ fn missing(s: &Session, id: &KeyId, role: Role) -> OpError {
     if let Err(e) = ensure_logged_in(s) {
         return e;
     }
-    match s.find_objects(&[Attribute::Token(true), Attribute::Id(id.0.to_vec())]) {
+    match s.find_objects(&[
+        Attribute::Token(true),
+        Attribute::Id(id.as_bytes().to_vec()),
+    ]) {
         Ok(any) if !any.is_empty() => OpError::Backend(BackendError::Unsupported(format!(
             "key {} is not {} key",
             id.to_ref(),
@@ -326,14 +362,14 @@ pub(crate) fn generate(
     id: &KeyId,
     label: &str,
 ) -> Result<Generated, OpError> {
-    for h in s.find_objects(&[Attribute::Id(id.0.to_vec())])? {
+    for h in s.find_objects(&[Attribute::Id(id.as_bytes().to_vec())])? {
         s.destroy_object(h)?;
     }
     let common = |private: bool| {
         vec![
             Attribute::Token(true),
             Attribute::Private(private),
-            Attribute::Id(id.0.to_vec()),
+            Attribute::Id(id.as_bytes().to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
         ]
     };
@@ -473,7 +509,7 @@ fn discard_generated(s: &Session, id: &KeyId, g: &Generated) -> Result<(), Strin
         let _ = s.destroy_object(h);
     }
     let left = s
-        .find_objects(&[Attribute::Id(id.0.to_vec())])
+        .find_objects(&[Attribute::Id(id.as_bytes().to_vec())])
         .map_err(|e| describe(&e))?;
     for h in left {
         s.destroy_object(h).map_err(|e| describe(&e))?;
@@ -484,7 +520,10 @@ fn discard_generated(s: &Session, id: &KeyId, g: &Generated) -> Result<(), Strin
 /// Destroys every object with this id; errors with `NotFound` when there is none.
 pub(crate) fn destroy_all(s: &Session, id: &KeyId) -> Result<usize, OpError> {
     ensure_logged_in(s)?;
-    let objects = s.find_objects(&[Attribute::Token(true), Attribute::Id(id.0.to_vec())])?;
+    let objects = s.find_objects(&[
+        Attribute::Token(true),
+        Attribute::Id(id.as_bytes().to_vec()),
+    ])?;
     if objects.is_empty() {
         return Err(OpError::Backend(BackendError::NotFound(id.to_ref())));
     }

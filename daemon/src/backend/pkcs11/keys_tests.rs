@@ -43,7 +43,7 @@ fn fake_public(s: &Session, id: &KeyId, modulus: Vec<u8>) -> ObjectHandle {
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::KeyType(KeyType::RSA),
         Attribute::Token(true),
-        Attribute::Id(id.0.to_vec()),
+        Attribute::Id(id.as_bytes().to_vec()),
         Attribute::Modulus(modulus),
         Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
         Attribute::Verify(true),
@@ -52,7 +52,7 @@ fn fake_public(s: &Session, id: &KeyId, modulus: Vec<u8>) -> ObjectHandle {
 }
 
 fn objects_with(s: &Session, id: &KeyId) -> usize {
-    s.find_objects(&[Attribute::Id(id.0.to_vec())])
+    s.find_objects(&[Attribute::Id(id.as_bytes().to_vec())])
         .expect("find")
         .len()
 }

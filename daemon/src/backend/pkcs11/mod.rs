@@ -19,6 +19,7 @@
 //! software secrets), `keys` (objects and handle cache), `mechanisms` (capability probe),
 //! `pool`, `context`, `errors`.
 
+mod adopt;
 mod context;
 mod errors;
 mod keys;
@@ -47,8 +48,8 @@ use self::errors::OpError;
 use self::keys::{Cached, HandleCache, KeyId, Role};
 use self::pool::SessionPool;
 use super::{
-    Backend, BackendError, BackendKind, CreatedKey, Health, KeyKind, KeyRef, NewKey, PublicKeyInfo,
-    SignScheme, Template,
+    Backend, BackendError, BackendKind, CreatedKey, ExistingKey, Health, KeyKind, KeyRef, NewKey,
+    PublicKeyInfo, SignScheme, Template,
 };
 
 /// Where RSA-OAEP padding is removed (config `pkcs11.oaep`).
@@ -325,6 +326,30 @@ impl Backend for Pkcs11Backend {
         aad: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.gcm_unwrap(master, wrapped, aad)
+    }
+
+    fn adopt(&self, kind: KeyKind, at: &ExistingKey) -> Result<CreatedKey, BackendError> {
+        self.adopt_existing(kind, at)
+    }
+
+    fn ecb_decrypt(
+        &self,
+        key: &KeyRef<'_>,
+        data: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        if data.is_empty() || data.len() % 16 != 0 {
+            return Err(BackendError::BadInput(format!(
+                "AES-ECB input is a non-empty multiple of 16 bytes; got {}",
+                data.len()
+            )));
+        }
+        self.with_key(key, Role::Secret, |s, k| {
+            Ok(Zeroizing::new(s.decrypt(
+                &Mechanism::AesEcb,
+                k.handle,
+                data,
+            )?))
+        })
     }
 
     fn destroy(&self, key: &KeyRef<'_>) -> Result<(), BackendError> {
