@@ -13,8 +13,8 @@
 //! Environment: `BENCH_SECS` (one measurement, default 1.5), `BENCH_REPS` (measurements per
 //! case, median reported; default 3), `BENCH_POOL_KEYS` (default 10000), `BENCH_CALLGRIND=0`
 //! (skip valgrind), `BENCH_CONFIG_EXTRA` (TOML appended to the daemon's config, for A/B runs),
-//! `BENCH_QUICK=1` (ping and HSM sign rows and the stage timing only, while
-//! iterating), `BENCH_SMOKE=1` (tiny durations and counts: checks the harness, not the
+//! `BENCH_QUICK=1` (ping and HSM sign rows, the stage timing and the flood only,
+//! while iterating), `BENCH_SMOKE=1` (tiny durations and counts: checks the harness, not the
 //! daemon; `make test` runs it).
 //!
 //! This is a benchmark, not a test: nothing here asserts on timings.

@@ -135,6 +135,9 @@ pub struct SchedulerConfig {
     pub max_queued: usize,
     /// Most requests of one uid waiting for a worker; more are refused `busy`.
     pub max_queued_per_uid: usize,
+    /// Most requests of one uid being decoded, run or answered at once, over all its
+    /// connections; further frames of that uid wait; 0 (the default) = twice the workers.
+    pub max_active_per_uid: usize,
     /// When a worker slot is free and nothing waits, run the request's work on the thread that
     /// read it instead of handing it to a worker thread (two fewer thread wake-ups).
     pub inline: bool,
@@ -146,6 +149,7 @@ impl Default for SchedulerConfig {
             workers: 0,
             max_queued: 4096,
             max_queued_per_uid: 1024,
+            max_active_per_uid: 0,
             inline: true,
         }
     }
@@ -155,14 +159,20 @@ impl SchedulerConfig {
     /// The scheduler's settings, with the worker count resolved.
     pub fn resolved(&self) -> crate::sched::SchedConfig {
         let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+        let workers = if self.workers == 0 {
+            (2 * cpus).clamp(4, 16)
+        } else {
+            self.workers
+        };
         crate::sched::SchedConfig {
-            workers: if self.workers == 0 {
-                (2 * cpus).clamp(4, 16)
-            } else {
-                self.workers
-            },
+            workers,
             max_queued: self.max_queued,
             max_queued_per_uid: self.max_queued_per_uid,
+            max_active_per_uid: if self.max_active_per_uid == 0 {
+                2 * workers
+            } else {
+                self.max_active_per_uid
+            },
             inline: self.inline,
         }
     }

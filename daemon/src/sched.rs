@@ -65,6 +65,8 @@ pub struct SchedConfig {
     pub max_queued: usize,
     /// Most jobs waiting for one uid.
     pub max_queued_per_uid: usize,
+    /// Most requests of one uid between its frame being read and its answer being written.
+    pub max_active_per_uid: usize,
     /// Let a caller run its job on its own thread when a slot is free and nothing waits.
     pub inline: bool,
 }
@@ -228,7 +230,11 @@ impl Drop for InlineSlot<'_> {
 pub struct Scheduler {
     inner: Arc<Inner>,
     inline: bool,
+    active: Mutex<HashMap<u32, Arc<tokio::sync::Semaphore>>>,
 }
+
+/// A uid's place among its requests being decoded, run or answered ([`Scheduler::enter`]).
+pub type Active = tokio::sync::OwnedSemaphorePermit;
 
 impl Scheduler {
     /// Starts `cfg.workers` threads (at least one).
@@ -237,6 +243,7 @@ impl Scheduler {
             workers: cfg.workers.max(1),
             max_queued: cfg.max_queued.max(1),
             max_queued_per_uid: cfg.max_queued_per_uid.max(1),
+            max_active_per_uid: cfg.max_active_per_uid.max(1),
             inline: cfg.inline,
         };
         let inner = Arc::new(Inner {
@@ -254,6 +261,7 @@ impl Scheduler {
         Ok(Scheduler {
             inner,
             inline: cfg.inline,
+            active: Mutex::new(HashMap::new()),
         })
     }
 
@@ -317,6 +325,25 @@ impl Scheduler {
         Some(InlineSlot { inner: &self.inner })
     }
 
+    /// Waits until `uid` has fewer than `max_active_per_uid` requests between frame read and
+    /// answer written, and takes a place (freed when the returned permit drops). The decode,
+    /// run and encode of one uid's requests thus take at most that share of the runtime's
+    /// threads, whatever it sends on however many connections: another uid's request is not
+    /// queued behind a flood of large frames being decoded. None when shutting down.
+    pub async fn enter(&self, uid: u32) -> Option<Active> {
+        let sem = {
+            let mut m = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+            m.entry(uid)
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(
+                        self.inner.cfg.max_active_per_uid,
+                    ))
+                })
+                .clone()
+        };
+        sem.acquire_owned().await.ok()
+    }
+
     /// The counters now.
     pub fn stats(&self) -> SchedStats {
         let c = &self.inner.counters;
@@ -352,6 +379,7 @@ mod tests {
             workers,
             max_queued,
             max_queued_per_uid: per_uid,
+            max_active_per_uid: 64,
             inline: true,
         })
         .unwrap()

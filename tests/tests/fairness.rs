@@ -45,7 +45,8 @@ fn a_flooding_uid_neither_starves_another_nor_gets_timed_out_work_run() {
         .dir_mode(0o755)
         .server(&["socket_mode = \"0666\"", "op_timeout_secs = 2"])
         .roles(ROLES)
-        .extra("[scheduler]\nworkers = 2\nmax_queued_per_uid = 4096\n")
+        // The per-uid active limit opened wide, so the flood reaches the scheduler's queue.
+        .extra("[scheduler]\nworkers = 2\nmax_queued_per_uid = 4096\nmax_active_per_uid = 4096\n")
         .start();
     create_pkcs11(&d, "bulk", "rsa2048-oaep");
     let c = d.client();
@@ -139,7 +140,7 @@ fn a_flooding_uid_neither_starves_another_nor_gets_timed_out_work_run() {
 fn a_full_queue_answers_busy() {
     let d = DaemonBuilder::new()
         .with_hsm()
-        .extra("[scheduler]\nworkers = 1\nmax_queued_per_uid = 4\n")
+        .extra("[scheduler]\nworkers = 1\nmax_queued_per_uid = 4\nmax_active_per_uid = 64\n")
         .start();
     create_pkcs11(&d, "q-sign", "rsa2048-sign");
     let flood = Flood::start(
@@ -163,4 +164,61 @@ fn a_full_queue_answers_busy() {
     assert!(counts.other.is_empty(), "{counts:?}");
     let s = scheduler_status(&d);
     assert!(counter(&s, "rejected") >= counts.busy, "{s} {counts:?}");
+}
+
+/// With the default per-uid limit on requests in progress, the same flood as above waits unread
+/// beyond its share: none of its requests reaches its deadline in the queue, and the other uid's
+/// signatures succeed.
+#[test]
+fn with_default_limits_a_flood_waits_its_turn_unread() {
+    let d = tpm_builder()
+        .with_hsm()
+        .dir_mode(0o755)
+        .server(&["socket_mode = \"0666\"", "op_timeout_secs = 2"])
+        .roles(ROLES)
+        .extra("[scheduler]\nworkers = 2\n")
+        .start();
+    create_pkcs11(&d, "bulk", "rsa2048-oaep");
+    let sealed: SealResult = d
+        .client()
+        .call_untyped(
+            names::ENVELOPE_SEAL,
+            &SealArgs {
+                key: Some("bulk".into()),
+                public_key: None,
+                plaintext: random(256 * 1024),
+            },
+        )
+        .expect("seal");
+    let input = write(&d, "digest-input", b"registration packet");
+    std::fs::set_permissions(&input, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let flood = Flood::start(
+        d.socket(),
+        64,
+        16,
+        names::ENVELOPE_OPEN,
+        OpenArgs {
+            key: "bulk".into(),
+            envelope: sealed.envelope,
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..3 {
+        let (_, out) = d.cli_as(
+            "nobody",
+            "nogroup",
+            &["sign", "machine-sign", "--in", path_str(&input)],
+        );
+        assert!(out.status.success(), "sign under the flood: {out:?}");
+    }
+    let counts = flood.stop();
+    assert!(counts.ok > 0, "{counts:?}");
+    assert_eq!(
+        (counts.timed_out, counts.busy, counts.other.len()),
+        (0, 0, 0),
+        "{counts:?}"
+    );
+    let s = scheduler_status(&d);
+    assert_eq!(counter(&s, "expired"), 0, "{s}");
 }

@@ -98,6 +98,11 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             }
             Err(ReadFault::Closed | ReadFault::Io) => break,
         };
+        // Per-uid fairness: this uid waits here while it has its share of requests in progress.
+        let active = tokio::select! {
+            a = app.sched.enter(peer.uid) => match a { Some(a) => a, None => break },
+            _ = shutdown.recv() => break,
+        };
         let t = stages::start();
         let decoded = Request::decode(&body);
         stages::end(Stage::FrameDecode, t);
@@ -139,6 +144,7 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
             let resp = ops::dispatch(&app, &peer, req).await;
             // The permit goes back once the response is written (backpressure).
             let _ = tx.send(resp, Some(permit)).await;
+            drop(active);
         });
     }
     // Drain: wait until every spawned request has answered, then let the writer flush and stop.
