@@ -135,9 +135,10 @@ pub struct SchedulerConfig {
     pub max_queued: usize,
     /// Most requests of one uid waiting for a worker; more are refused `busy`.
     pub max_queued_per_uid: usize,
-    /// Most requests of one uid being decoded, run or answered at once, over all its
-    /// connections; further frames of that uid wait; 0 (the default) = twice the workers.
-    pub max_active_per_uid: usize,
+    /// Budget of one uid's requests being decoded, run or answered at once, over all its
+    /// connections, in KiB of request frames (each request counts 1 + its size in KiB); a
+    /// further frame of that uid waits until the budget has room.
+    pub uid_budget_kib: u32,
     /// When a worker slot is free and nothing waits, run the request's work on the thread that
     /// read it instead of handing it to a worker thread (two fewer thread wake-ups).
     pub inline: bool,
@@ -149,7 +150,7 @@ impl Default for SchedulerConfig {
             workers: 0,
             max_queued: 4096,
             max_queued_per_uid: 1024,
-            max_active_per_uid: 0,
+            uid_budget_kib: 4096,
             inline: true,
         }
     }
@@ -168,11 +169,7 @@ impl SchedulerConfig {
             workers,
             max_queued: self.max_queued,
             max_queued_per_uid: self.max_queued_per_uid,
-            max_active_per_uid: if self.max_active_per_uid == 0 {
-                2 * workers
-            } else {
-                self.max_active_per_uid
-            },
+            uid_budget_kib: self.uid_budget_kib,
             inline: self.inline,
         }
     }
@@ -402,6 +399,10 @@ impl Config {
             (
                 "scheduler.max_queued_per_uid",
                 self.scheduler.max_queued_per_uid as u64,
+            ),
+            (
+                "scheduler.uid_budget_kib",
+                u64::from(self.scheduler.uid_budget_kib),
             ),
         ] {
             if v == 0 {

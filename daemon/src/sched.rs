@@ -65,8 +65,9 @@ pub struct SchedConfig {
     pub max_queued: usize,
     /// Most jobs waiting for one uid.
     pub max_queued_per_uid: usize,
-    /// Most requests of one uid between its frame being read and its answer being written.
-    pub max_active_per_uid: usize,
+    /// Budget of one uid's requests between frame read and answer written, in KiB of request
+    /// frame (each request counts 1 + its frame's size in KiB).
+    pub uid_budget_kib: u32,
     /// Let a caller run its job on its own thread when a slot is free and nothing waits.
     pub inline: bool,
 }
@@ -243,7 +244,7 @@ impl Scheduler {
             workers: cfg.workers.max(1),
             max_queued: cfg.max_queued.max(1),
             max_queued_per_uid: cfg.max_queued_per_uid.max(1),
-            max_active_per_uid: cfg.max_active_per_uid.max(1),
+            uid_budget_kib: cfg.uid_budget_kib.max(1),
             inline: cfg.inline,
         };
         let inner = Arc::new(Inner {
@@ -325,23 +326,25 @@ impl Scheduler {
         Some(InlineSlot { inner: &self.inner })
     }
 
-    /// Waits until `uid` has fewer than `max_active_per_uid` requests between frame read and
-    /// answer written, and takes a place (freed when the returned permit drops). The decode,
-    /// run and encode of one uid's requests thus take at most that share of the runtime's
-    /// threads, whatever it sends on however many connections: another uid's request is not
-    /// queued behind a flood of large frames being decoded. None when shutting down.
-    pub async fn enter(&self, uid: u32) -> Option<Active> {
+    /// Waits until `uid`'s requests in progress (from frame read to answer written, over all
+    /// its connections) leave room for one of `frame_len` bytes in its budget
+    /// (`uid_budget_kib`; a request counts 1 + its size in KiB, at most the whole budget), and
+    /// takes that room until the returned permit drops. Decoding, running and encoding cost
+    /// about in proportion to the bytes, so one uid's flood of large frames occupies at most its
+    /// budget's worth of the runtime's threads, however many connections it uses, while small
+    /// requests (a pipelined `ping`) are hardly limited. None when shutting down.
+    pub async fn enter(&self, uid: u32, frame_len: usize) -> Option<Active> {
+        let budget = self.inner.cfg.uid_budget_kib;
         let sem = {
             let mut m = self.active.lock().unwrap_or_else(PoisonError::into_inner);
             m.entry(uid)
-                .or_insert_with(|| {
-                    Arc::new(tokio::sync::Semaphore::new(
-                        self.inner.cfg.max_active_per_uid,
-                    ))
-                })
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(budget as usize)))
                 .clone()
         };
-        sem.acquire_owned().await.ok()
+        let units = u32::try_from(1 + frame_len / 1024)
+            .unwrap_or(u32::MAX)
+            .min(budget);
+        sem.acquire_many_owned(units).await.ok()
     }
 
     /// The counters now.
@@ -379,7 +382,7 @@ mod tests {
             workers,
             max_queued,
             max_queued_per_uid: per_uid,
-            max_active_per_uid: 64,
+            uid_budget_kib: 4096,
             inline: true,
         })
         .unwrap()

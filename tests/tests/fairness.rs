@@ -45,8 +45,8 @@ fn a_flooding_uid_neither_starves_another_nor_gets_timed_out_work_run() {
         .dir_mode(0o755)
         .server(&["socket_mode = \"0666\"", "op_timeout_secs = 2"])
         .roles(ROLES)
-        // The per-uid active limit opened wide, so the flood reaches the scheduler's queue.
-        .extra("[scheduler]\nworkers = 2\nmax_queued_per_uid = 4096\nmax_active_per_uid = 4096\n")
+        // The per-uid budget opened wide, so the flood reaches the scheduler's queue.
+        .extra("[scheduler]\nworkers = 2\nmax_queued_per_uid = 4096\nuid_budget_kib = 1048576\n")
         .start();
     create_pkcs11(&d, "bulk", "rsa2048-oaep");
     let c = d.client();
@@ -140,7 +140,7 @@ fn a_flooding_uid_neither_starves_another_nor_gets_timed_out_work_run() {
 fn a_full_queue_answers_busy() {
     let d = DaemonBuilder::new()
         .with_hsm()
-        .extra("[scheduler]\nworkers = 1\nmax_queued_per_uid = 4\nmax_active_per_uid = 64\n")
+        .extra("[scheduler]\nworkers = 1\nmax_queued_per_uid = 4\nuid_budget_kib = 1048576\n")
         .start();
     create_pkcs11(&d, "q-sign", "rsa2048-sign");
     let flood = Flood::start(
@@ -166,17 +166,17 @@ fn a_full_queue_answers_busy() {
     assert!(counter(&s, "rejected") >= counts.busy, "{s} {counts:?}");
 }
 
-/// With the default per-uid limit on requests in progress, the same flood as above waits unread
-/// beyond its share: none of its requests reaches its deadline in the queue, and the other uid's
-/// signatures succeed.
+/// With a per-uid budget of requests in progress (1 MiB: three of the flood's 256 KiB frames at
+/// once for two workers), the same flood as above waits unread beyond its share: none of its
+/// requests reaches its deadline in the queue, and the other uid's signatures succeed.
 #[test]
-fn with_default_limits_a_flood_waits_its_turn_unread() {
+fn with_a_per_uid_budget_a_flood_waits_its_turn_unread() {
     let d = tpm_builder()
         .with_hsm()
         .dir_mode(0o755)
         .server(&["socket_mode = \"0666\"", "op_timeout_secs = 2"])
         .roles(ROLES)
-        .extra("[scheduler]\nworkers = 2\n")
+        .extra("[scheduler]\nworkers = 2\nuid_budget_kib = 1024\n")
         .start();
     create_pkcs11(&d, "bulk", "rsa2048-oaep");
     let sealed: SealResult = d

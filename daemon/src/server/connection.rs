@@ -100,7 +100,7 @@ pub async fn serve(stream: UnixStream, peer: Peer, app: Arc<App>, mut shutdown: 
         };
         // Per-uid fairness: this uid waits here while it has its share of requests in progress.
         let active = tokio::select! {
-            a = app.sched.enter(peer.uid) => match a { Some(a) => a, None => break },
+            a = app.sched.enter(peer.uid, body.len()) => match a { Some(a) => a, None => break },
             _ = shutdown.recv() => break,
         };
         let t = stages::start();
