@@ -11,8 +11,15 @@
 //!   ([`crate::backend::deadline`]), so a device call after it is refused before it reaches the
 //!   device. A job whose caller went away (connection closed) is dropped unrun.
 //!
-//! Compared with a `spawn_blocking` per request, the threads, queues and wake-ups are the
-//! daemon's own: one condition-variable wake to hand a job over, one to hand the answer back.
+//! * **Inline**: when a slot is free and nothing waits, the request's own runtime thread runs the
+//!   job ([`Scheduler::try_inline`], under `block_in_place`): no hand-over and no wake-up back.
+//!   Jobs on workers and inline together never exceed `workers`.
+//! * **Per-uid budget** ([`Scheduler::enter`]): before a request is decoded, its uid must have
+//!   room in a budget counted in KiB of request frames, so one uid's flood of large frames on
+//!   many connections cannot fill the runtime's threads with decoding and encoding either.
+//!
+//! Compared with a `spawn_blocking` per request and a timeout that abandoned the task but not
+//! the work, timed-out work no longer reaches the device and one uid cannot starve another.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
