@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 DEV ?= $(CURDIR)/target/dev
-APT_PACKAGES := swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc pkg-config openssl util-linux faketime systemd lintian dpkg-dev
+APT_PACKAGES := swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc pkg-config openssl util-linux faketime systemd lintian dpkg-dev valgrind
 
 .PHONY: deps build test lint demo dev dev-stop bench clean-dev deb fuzz faults soak
 
@@ -61,7 +61,7 @@ clean-dev: dev-stop
 demo: build
 	@DEV="$(CURDIR)/target/demo" scripts/demo.sh
 
-## bench: benchmarks (results in BENCHMARKS.md)
+## bench: benchmarks (results in BENCHMARKS.md and target/bench/report.json; callgrind needs valgrind, from deps)
 bench: build
 	@scripts/bench.sh
 

@@ -15,6 +15,9 @@ pub struct Config {
     /// Listener and connection limits.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Backend worker threads and their queues.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
     /// Key registry location.
     pub storage: StorageConfig,
     /// Where audit lines go.
@@ -125,6 +128,57 @@ impl ServerConfig {
     /// Backend operation timeout.
     pub fn op_timeout(&self) -> Duration {
         Duration::from_secs(self.op_timeout_secs)
+    }
+}
+
+/// `[scheduler]`: the worker threads that run backend work, and their per-uid queues
+/// ([`crate::sched`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Worker threads; 0 (the default) = twice the CPUs, at least 4, at most 16.
+    pub workers: usize,
+    /// Most requests waiting for a worker, all uids together; more are refused `busy`.
+    pub max_queued: usize,
+    /// Most requests of one uid waiting for a worker; more are refused `busy`.
+    pub max_queued_per_uid: usize,
+    /// Budget of one uid's requests being decoded, run or answered at once, over all its
+    /// connections, in KiB of request frames (each request counts 1 + its size in KiB); a
+    /// further frame of that uid waits until the budget has room.
+    pub uid_budget_kib: u32,
+    /// When a worker slot is free and nothing waits, run the request's work on the thread that
+    /// read it instead of handing it to a worker thread (two fewer thread wake-ups).
+    pub inline: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            workers: 0,
+            max_queued: 4096,
+            max_queued_per_uid: 1024,
+            uid_budget_kib: 4096,
+            inline: true,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The scheduler's settings, with the worker count resolved.
+    pub fn resolved(&self) -> crate::sched::SchedConfig {
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+        let workers = if self.workers == 0 {
+            (2 * cpus).clamp(4, 16)
+        } else {
+            self.workers
+        };
+        crate::sched::SchedConfig {
+            workers,
+            max_queued: self.max_queued,
+            max_queued_per_uid: self.max_queued_per_uid,
+            uid_budget_kib: self.uid_budget_kib,
+            inline: self.inline,
+        }
     }
 }
 
@@ -386,6 +440,15 @@ impl Config {
             ("server.idle_timeout_secs", s.idle_timeout_secs),
             ("server.frame_timeout_secs", s.frame_timeout_secs),
             ("server.op_timeout_secs", s.op_timeout_secs),
+            ("scheduler.max_queued", self.scheduler.max_queued as u64),
+            (
+                "scheduler.max_queued_per_uid",
+                self.scheduler.max_queued_per_uid as u64,
+            ),
+            (
+                "scheduler.uid_budget_kib",
+                u64::from(self.scheduler.uid_budget_kib),
+            ),
         ] {
             if v == 0 {
                 return Err(bad(key, "must be greater than 0".into()));

@@ -13,8 +13,10 @@ pub mod error;
 pub mod format;
 pub mod keys;
 pub mod ops;
+pub mod sched;
 pub mod server;
 pub mod setup;
+pub mod stages;
 pub mod state;
 
 /// Server name and version reported by `hello` and `status`.

@@ -113,6 +113,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    custody_daemon::stages::init_from_env();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,6 +128,9 @@ fn main() -> ExitCode {
     // The server has drained already; blocking work still running (a hung device call) must not
     // keep the process alive much longer.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    if let Some(r) = custody_daemon::stages::report() {
+        eprintln!("custodyd stage timing: {r}");
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

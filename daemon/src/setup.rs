@@ -315,5 +315,6 @@ pub fn build(cfg: Config, path: &Path) -> Result<App, String> {
     );
     keys.ensure_declared(&cfg.keys.declare)
         .map_err(|e| format!("declared keys: {e}"))?;
-    Ok(App::new(cfg, path.to_owned(), policy, audit, keys))
+    App::new(cfg, path.to_owned(), policy, audit, keys)
+        .map_err(|e| format!("cannot start worker threads: {e}"))
 }

@@ -13,6 +13,7 @@ use crate::auth::Policy;
 use crate::backend::KeyKind;
 use crate::config::Config;
 use crate::keys::KeyManager;
+use crate::sched::Scheduler;
 
 /// Everything request handlers share.
 pub struct App {
@@ -32,18 +33,21 @@ pub struct App {
     pub keys: KeyManager,
     /// Start time, for uptime.
     pub started: Instant,
+    /// Worker threads that run backend work, per-uid fair ([`crate::sched`]).
+    pub sched: Scheduler,
 }
 
 impl App {
-    /// Assembles the state.
+    /// Assembles the state and starts the worker threads.
     pub fn new(
         config: Config,
         config_path: PathBuf,
         policy: Policy,
         audit: AuditLog,
         keys: KeyManager,
-    ) -> Self {
-        App {
+    ) -> std::io::Result<Self> {
+        let sched = Scheduler::start(config.scheduler.resolved())?;
+        Ok(App {
             config,
             config_path,
             policy: RwLock::new(Arc::new(policy)),
@@ -52,7 +56,8 @@ impl App {
             stats: Stats::default(),
             keys,
             started: Instant::now(),
-        }
+            sched,
+        })
     }
 
     /// The policy in force now.

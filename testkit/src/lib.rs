@@ -16,6 +16,7 @@
 //! * [`DaemonBuilder::run_as`] runs the daemon as the unprivileged `custodyd` user with the
 //!   unit's restrictions ([`ensure_system_user`]); [`assert_no_secrets`] searches logs for
 //!   secrets in raw, hex and base64 forms.
+//! * [`Flood`] keeps many pipelined requests of one uid in flight in the background.
 //! * [`RawConn`] speaks the wire protocol by hand, for tests that need to misbehave.
 //! * [`openssl_verify`], [`openssl_oaep_encrypt`], [`openssl_keypair`], [`pem_from_der`]: openssl
 //!   as the independent implementation; [`py_envelope`], [`python_tpm_primary`], [`py_idos`]
@@ -35,6 +36,7 @@ mod builder;
 mod cli;
 mod daemon;
 mod data;
+mod flood;
 mod hsm;
 mod keys;
 mod openssl;
@@ -58,6 +60,7 @@ pub use data::{
     b64std, b64std_decode, b64url, b64url_decode, file, flip, key_index, path_str, random, read,
     sha256, write,
 };
+pub use flood::{Flood, FloodCounts};
 pub use hsm::{Hsm, SOFTHSM_MODULE};
 pub use keys::{
     assert_no_pin, cli_public, create_pkcs11, create_software, pem, public, rsa_public, show, st,

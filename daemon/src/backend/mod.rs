@@ -7,6 +7,7 @@
 //! [`KeyRef`]: the opaque object reference the backend produced when the key was created, plus,
 //! for software keys, the wrapped secret and its master.
 
+pub mod deadline;
 pub mod external;
 pub mod pkcs11;
 pub mod software;

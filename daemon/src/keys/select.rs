@@ -181,6 +181,19 @@ impl KeyManager {
         op: &str,
         sel: Selector<'_>,
     ) -> Result<KeyVersion, OpError> {
+        let t = crate::stages::start();
+        let r = self.resolve_inner(name, kind, op, sel);
+        crate::stages::end(crate::stages::Stage::Registry, t);
+        r
+    }
+
+    fn resolve_inner(
+        &self,
+        name: &str,
+        kind: KeyKind,
+        op: &str,
+        sel: Selector<'_>,
+    ) -> Result<KeyVersion, OpError> {
         let rec = self.get(name)?;
         require_kind(&rec, kind, op)?;
         let (rec, idx) = match sel {

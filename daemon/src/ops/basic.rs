@@ -1,7 +1,7 @@
 //! `ping` and `status`.
 
 use custody_proto::ops::{
-    BackendStatus, Ping, PingArgs, PingResult, Status, StatusArgs, StatusResult,
+    BackendStatus, Ping, PingArgs, PingResult, SchedulerStatus, Status, StatusArgs, StatusResult,
 };
 use custody_proto::PROTOCOL_VERSION;
 
@@ -72,6 +72,20 @@ impl Handle for Status {
             } else {
                 Default::default()
             },
+            scheduler: detail.then(|| scheduler_status(app.sched.stats())),
         })
+    }
+}
+
+fn scheduler_status(s: crate::sched::SchedStats) -> SchedulerStatus {
+    SchedulerStatus {
+        workers: s.workers as u64,
+        queued: s.queued as u64,
+        running: s.running as u64,
+        started: s.started,
+        expired: s.expired,
+        abandoned: s.abandoned,
+        rejected: s.rejected,
+        late_refused: s.late_refused,
     }
 }

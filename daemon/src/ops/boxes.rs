@@ -85,7 +85,28 @@ fn reencrypt_one(
     to: &[u8; KEY_LEN],
     expect: Option<[u8; 32]>,
 ) -> Result<(idos::Sealed, String), OpError> {
-    let pt = open(k, encryptor, content)?;
+    reencrypt_with(open(k, encryptor, content)?, to, expect)
+}
+
+/// Opens `content` with an unwrapped x25519 secret; failures as [`open`].
+fn open_with_secret(
+    secret: &[u8],
+    encryptor: &[u8; KEY_LEN],
+    content: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, OpError> {
+    let c = idos::parse_content(content)?;
+    idos::open(secret, encryptor, &c.nonce, c.boxed).map_err(|e| match e {
+        IdosError::Integrity => OpError::new(ErrorCode::Integrity, BOX_FAILED),
+        other => other.into(),
+    })
+}
+
+/// Checks the hash of an opened plaintext and seals it to `to`.
+fn reencrypt_with(
+    pt: zeroize::Zeroizing<Vec<u8>>,
+    to: &[u8; KEY_LEN],
+    expect: Option<[u8; 32]>,
+) -> Result<(idos::Sealed, String), OpError> {
     let hash = idos::content_hash(&pt);
     if let Some(e) = expect {
         let actual = <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&pt[..]));
@@ -184,6 +205,13 @@ impl Handle for BoxReencryptBatch {
                     BoxReencryptBatch::NAME,
                     Selector::for_decryption(a.version, None),
                 )?;
+                // The secret is unwrapped (one HSM call) once for the whole batch, not per item;
+                // a backend that cannot hand it out opens each box itself.
+                let secret = match k.secret() {
+                    Ok(s) => Some(Ok(s)),
+                    Err(BackendError::Unsupported(_)) => None,
+                    Err(e) => Some(Err(OpError::from(e))),
+                };
                 let results = a
                     .items
                     .iter()
@@ -198,7 +226,15 @@ impl Handle for BoxReencryptBatch {
                                     "batch time limit reached before this item",
                                 ));
                             }
-                            reencrypt_one(&k, &encryptor, &item.content, &to, expect)
+                            match &secret {
+                                None => reencrypt_one(&k, &encryptor, &item.content, &to, expect),
+                                Some(Ok(secret)) => reencrypt_with(
+                                    open_with_secret(secret, &encryptor, &item.content)?,
+                                    &to,
+                                    expect,
+                                ),
+                                Some(Err(e)) => Err(OpError::new(e.code, e.message.clone())),
+                            }
                         })();
                         match one {
                             Ok((s, hash)) => BoxReencrypted {

@@ -27,6 +27,8 @@ use zeroize::Zeroize;
 use crate::audit::Record;
 use crate::auth::Peer;
 use crate::error::OpError;
+use crate::sched::Refused;
+use crate::stages::{self, Stage};
 use crate::state::App;
 
 /// Per-request context: who asks, and what the audit line will say.
@@ -65,7 +67,9 @@ impl Ctx {
         Ok(())
     }
 
-    /// Runs blocking work (backends, registry) on a worker thread, bounded by the op timeout.
+    /// Runs blocking work (backends, registry) on a scheduler worker thread ([`crate::sched`]:
+    /// queued per uid, served in turn); work that has not started within the op timeout is
+    /// answered `backend_unavailable` without running.
     pub async fn blocking<T, F>(&self, f: F) -> Result<T, OpError>
     where
         F: FnOnce(&App) -> Result<T, OpError> + Send + 'static,
@@ -96,15 +100,61 @@ impl Ctx {
         F: FnOnce(&App) -> Result<T, OpError> + Send + 'static,
         T: Send + 'static,
     {
-        let app = self.app.clone();
-        let task = tokio::task::spawn_blocking(move || f(&app));
-        match tokio::time::timeout(limit, task).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(OpError::internal(format!("operation failed: {e}"))),
-            Err(_) => Err(OpError::new(
+        let timed_out = || {
+            OpError::new(
                 ErrorCode::BackendUnavailable,
                 format!("operation did not finish within {}s", limit.as_secs()),
-            )),
+            )
+        };
+        let deadline = Instant::now() + limit;
+        // Nothing waits and a slot is free: run here, on this runtime thread (the runtime moves
+        // its other tasks to another thread meanwhile), instead of waking a worker and being
+        // woken by it.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            if let Some(slot) = self.app.sched.try_inline() {
+                let app = &self.app;
+                let r = tokio::task::block_in_place(|| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::backend::deadline::with(deadline, || f(app))
+                    }))
+                });
+                drop(slot);
+                return r.unwrap_or_else(|_| {
+                    Err(OpError::internal("operation failed: the job panicked"))
+                });
+            }
+        }
+        let app = self.app.clone();
+        let queued = stages::start();
+        let rx = self
+            .app
+            .sched
+            .submit(self.peer.uid, deadline, move || {
+                stages::end(Stage::QueueHop, queued);
+                let r = f(&app);
+                (r, stages::start())
+            })
+            .map_err(|e| match e {
+                Refused::Full => OpError::new(
+                    ErrorCode::Busy,
+                    "too many requests waiting for the backends; retry later",
+                ),
+                Refused::Expired => timed_out(),
+                Refused::Closed => {
+                    OpError::new(ErrorCode::BackendUnavailable, "the daemon is shutting down")
+                }
+            })?;
+        // A job that started in time runs to its end (its device calls are bounded by the
+        // deadline); the extra `limit` only covers a device call that hangs.
+        match tokio::time::timeout(limit * 2, rx).await {
+            Ok(Ok(Ok((r, done)))) => {
+                stages::end(Stage::ReturnHop, done);
+                r
+            }
+            Ok(Ok(Err(_))) | Err(_) => Err(timed_out()),
+            Ok(Err(_)) => Err(OpError::internal("operation failed: worker job panicked")),
         }
     }
 }
@@ -129,6 +179,7 @@ type OpResult = Result<Value, OpError>;
 /// Decodes the arguments of `O`, authorizes every right it declares, runs its handler, encodes
 /// the result.
 async fn run<O: Handle>(ctx: &mut Ctx, mut req: Request) -> OpResult {
+    let t = stages::start();
     let args = req.args::<O::Args>();
     // The request's bytes (an envelope.seal plaintext) are not needed once decoded.
     scrub_value(&mut req.args);
@@ -136,9 +187,12 @@ async fn run<O: Handle>(ctx: &mut Ctx, mut req: Request) -> OpResult {
     for a in O::access(&args)? {
         ctx.authorize(a.right, a.key)?;
     }
+    stages::end(Stage::ArgsAuthorize, t);
     let mut result = O::handle(ctx, args).await?;
+    let t = stages::start();
     let value = custody_proto::message::to_value(&result).map_err(OpError::from);
     O::scrub(&mut result);
+    stages::end(Stage::ResultEncode, t);
     value
 }
 
@@ -196,6 +250,7 @@ custody_proto::for_each_op!(dispatch_table);
 /// Runs one request: decode, authorize, execute, audit, count.
 pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
     let start = Instant::now();
+    let t = stages::start();
     let id = req.id;
     let op = DISPATCHED.iter().copied().find(|n| *n == req.op);
     let Some(op) = op else {
@@ -250,7 +305,10 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
         start.elapsed(),
     );
     record.target = ctx.target.as_deref();
+    let ta = stages::start();
     let audited = app.audit(&record);
+    stages::end(Stage::Audit, ta);
+    stages::end(Stage::Dispatch, t);
     if let Some(refused) = audit_refusal(app, id, audited) {
         if let Ok(mut v) = result {
             scrub_value(&mut v);
@@ -313,7 +371,7 @@ mod tests {
         let keys =
             crate::keys::KeyManager::open(&config.storage.path, Vec::new(), config.keys.defaults)
                 .unwrap();
-        let app = Arc::new(App::new(config, "t.toml".into(), policy, audit, keys));
+        let app = Arc::new(App::new(config, "t.toml".into(), policy, audit, keys).unwrap());
         let peer = Peer {
             uid: 4_000_000_000,
             gid: 4_000_000_000,

@@ -1,22 +1,25 @@
 //! One client connection: reads frames, runs requests concurrently (up to the in-flight limit),
-//! writes responses as they complete, matched to requests by `id`.
+//! writes responses as they complete (each request's task writes its own, see [`Responder`]),
+//! matched to requests by `id`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use custody_proto::ops::{names, HelloArgs, HelloResult};
 use custody_proto::{frame, ErrorCode, FrameError, Request, Response, WireError, PROTOCOL_VERSION};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{timeout_at, Instant};
 
 use zeroize::Zeroize;
 
+use super::readbuf::ZeroizingBufReader;
+use super::respond::Responder;
 use super::shutdown::Shutdown;
 use crate::auth::Peer;
 use crate::ops;
+use crate::stages::{self, Stage};
 use crate::state::App;
 
 /// Connection limits taken from `[server]`.
@@ -77,9 +80,9 @@ pub async fn serve(
     let mut generation = opts.generation;
     // Empty frames do not count as activity: the idle timer runs from the last real frame.
     let mut active = Instant::now();
-    let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Response>(limits.max_in_flight + 2);
-    let writer = tokio::spawn(write_loop(wr, rx, limits.max_frame, limits.idle));
+    let (rd, wr) = stream.into_split();
+    let mut rd = ZeroizingBufReader::new(rd);
+    let tx = Arc::new(Responder::new(wr, limits.max_frame, limits.idle));
     let inflight = Arc::new(Semaphore::new(limits.max_in_flight));
     let mut hello_done = false;
 
@@ -101,7 +104,7 @@ pub async fn serve(
             Ok(b) => b,
             Err(ReadFault::Frame(FrameError::Empty)) => {
                 let e = WireError::new(ErrorCode::BadRequest, "empty frame");
-                if tx.send(Response::err(0, e)).await.is_err() {
+                if tx.send(Response::err(0, e), None).await.is_err() {
                     break;
                 }
                 continue;
@@ -109,10 +112,10 @@ pub async fn serve(
             Err(ReadFault::Frame(e)) => {
                 tracing::debug!(uid = peer.uid, "closing connection: {e}");
                 let _ = tx
-                    .send(Response::err(
-                        0,
-                        WireError::new(ErrorCode::TooLarge, e.to_string()),
-                    ))
+                    .send(
+                        Response::err(0, WireError::new(ErrorCode::TooLarge, e.to_string())),
+                        None,
+                    )
                     .await;
                 break;
             }
@@ -129,20 +132,27 @@ pub async fn serve(
                     ErrorCode::Busy,
                     "the daemon is receiving too much data at once; retry later",
                 );
-                let _ = tx.send(Response::err(0, e)).await;
+                let _ = tx.send(Response::err(0, e), None).await;
                 break;
             }
             Err(ReadFault::Closed | ReadFault::Io) => break,
         };
         active = Instant::now();
+        // Per-uid fairness: this uid waits here while it has its share of requests in progress.
+        let in_progress = tokio::select! {
+            a = app.sched.enter(peer.uid, body.len()) => match a { Some(a) => a, None => break },
+            _ = shutdown.recv() => break,
+        };
+        let t = stages::start();
         let decoded = Request::decode(&body);
+        stages::end(Stage::FrameDecode, t);
         body.zeroize();
         drop(held);
         let req = match decoded {
             Ok(r) => r,
             Err((id, e)) => {
                 app.stats.count("unknown", false);
-                if tx.send(Response::err(id, e)).await.is_err() {
+                if tx.send(Response::err(id, e), None).await.is_err() {
                     break;
                 }
                 continue;
@@ -152,7 +162,7 @@ pub async fn serve(
             let resp = hello(&req, &limits);
             hello_done |= resp.result.is_ok();
             app.stats.count(names::HELLO, resp.result.is_ok());
-            if tx.send(resp).await.is_err() {
+            if tx.send(resp, None).await.is_err() {
                 break;
             }
             continue;
@@ -163,7 +173,7 @@ pub async fn serve(
                 "the first request on a connection must be `hello`",
             );
             app.stats.count(&req.op, false);
-            if tx.send(Response::err(req.id, e)).await.is_err() {
+            if tx.send(Response::err(req.id, e), None).await.is_err() {
                 break;
             }
             continue;
@@ -176,10 +186,13 @@ pub async fn serve(
             peer = resolve_peer(peer.uid, peer.gid, peer.pid).await;
         }
         let (app, peer, tx) = (app.clone(), peer.clone(), tx.clone());
+        let spawned = stages::start();
         tokio::spawn(async move {
+            stages::end(Stage::SpawnHop, spawned);
             let resp = ops::dispatch(&app, &peer, req).await;
-            let _ = tx.send(resp).await;
-            drop(permit);
+            // The permit goes back once the response is written (backpressure).
+            let _ = tx.send(resp, Some(permit)).await;
+            drop(in_progress);
         });
         if opts.roleless {
             break;
@@ -187,8 +200,7 @@ pub async fn serve(
     }
     // Drain: wait until every spawned request has answered, then let the writer flush and stop.
     let _ = inflight.acquire_many(limits.max_in_flight as u32).await;
-    drop(tx);
-    let _ = writer.await;
+    tx.finish().await;
 }
 
 fn limits(app: &App) -> Limits {
@@ -308,51 +320,4 @@ async fn read_frame<R: AsyncRead + Unpin>(
         }
     }
     Ok((body, held))
-}
-
-/// Writes responses in completion order. A peer that does not read for `stall` (the idle
-/// timeout) is dropped: the connection closes and pending responses are discarded.
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Response>,
-    max_frame: u32,
-    stall: Duration,
-) {
-    while let Some(mut resp) = rx.recv().await {
-        let mut body = match resp.encode() {
-            Ok(b) if b.len() <= max_frame as usize => b,
-            Ok(_) => match Response::err(
-                resp.id,
-                WireError::new(ErrorCode::TooLarge, "response exceeds the frame limit"),
-            )
-            .encode()
-            {
-                Ok(b) => b,
-                Err(_) => break,
-            },
-            Err(e) => match Response::err(resp.id, e).encode() {
-                Ok(b) => b,
-                Err(_) => break,
-            },
-        };
-        let mut out = Vec::with_capacity(body.len() + frame::HEADER_LEN);
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        let written = timeout(stall, wr.write_all(&out)).await;
-        // A plaintext result is in all three; gone from this process once written.
-        out.zeroize();
-        body.zeroize();
-        if let Ok(v) = &mut resp.result {
-            ops::scrub_value(v);
-        }
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => break,
-            Err(_) => {
-                tracing::debug!("closing connection: peer stopped reading responses");
-                break;
-            }
-        }
-    }
-    let _ = wr.shutdown().await;
 }

@@ -4,6 +4,8 @@
 
 mod connection;
 mod listener;
+mod readbuf;
+mod respond;
 mod shutdown;
 
 use std::collections::HashMap;

@@ -82,4 +82,28 @@ pub struct StatusResult {
     pub backends: Vec<BackendStatus>,
     /// Counters by op name, since start.
     pub ops: BTreeMap<String, OpCounter>,
+    /// The backend scheduler's counters (absent from servers before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<SchedulerStatus>,
+}
+
+/// Counters of the daemon's backend scheduler (worker threads fed by per-uid queues).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SchedulerStatus {
+    /// Worker threads.
+    pub workers: u64,
+    /// Requests waiting for a worker now.
+    pub queued: u64,
+    /// Requests running on a worker now.
+    pub running: u64,
+    /// Requests started on a worker since start.
+    pub started: u64,
+    /// Requests answered "timed out" without running: still queued at their deadline.
+    pub expired: u64,
+    /// Requests dropped unrun because their connection had closed.
+    pub abandoned: u64,
+    /// Requests refused `busy` because a queue was full.
+    pub rejected: u64,
+    /// Device calls refused because their request's deadline passed while it ran.
+    pub late_refused: u64,
 }

@@ -240,7 +240,7 @@ impl SessionPool {
     /// Borrows a session: an idle one, a newly opened one while below the bound, or the first one
     /// freed within the wait time.
     pub(crate) fn acquire(&self) -> Result<PooledSession<'_>, BackendError> {
-        let deadline = Instant::now() + self.wait;
+        let deadline = Instant::now() + crate::backend::deadline::cap(self.wait);
         let mut st = self.lock();
         loop {
             if let Some(s) = st.idle.pop() {

@@ -8,6 +8,7 @@ use super::errors::{self, describe, OpError};
 use super::keys::{Cached, KeyId, Role};
 use super::Pkcs11Backend;
 use crate::backend::{BackendError, Health, KeyRef};
+use crate::stages::{self, Stage};
 
 impl Pkcs11Backend {
     /// Runs `op` on a pooled session; a broken session is discarded and `op` retried once on a
@@ -18,7 +19,12 @@ impl Pkcs11Backend {
     ) -> Result<T, BackendError> {
         let mut retried = false;
         loop {
+            crate::backend::deadline::check("PKCS#11 call")?;
+            let t = stages::start();
             let session = self.pool.acquire()?;
+            stages::end(Stage::SessionCheckout, t);
+            // Waiting for a session may have used up the request's time.
+            crate::backend::deadline::check("PKCS#11 call")?;
             // A module re-initialisation invalidated every cached object handle.
             let reinits = self.pool.reinits();
             if self
@@ -28,10 +34,12 @@ impl Pkcs11Backend {
             {
                 self.keys.clear();
             }
+            let t = stages::start();
             let result = match op(&session) {
                 Err(e) if e.may_hide_dead_token() => Err(self.check_token(e)),
                 other => other,
             };
+            stages::end(Stage::TokenCall, t);
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_broken() => {

@@ -177,6 +177,10 @@ impl TpmBackend {
         R: Send + 'static,
         F: FnOnce(&mut Worker) -> Result<R, BackendError> + Send + 'static,
     {
+        // On a scheduler worker, the request's own deadline bounds the TPM job too: a job queued
+        // behind others on the TPM thread is dropped there once its caller has been answered.
+        super::deadline::check("TPM call")?;
+        let limit = super::deadline::cap(limit);
         let deadline = Instant::now() + limit;
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         let job = Box::new(move |w: &mut Worker| {
