@@ -283,6 +283,25 @@ impl Worker {
                 "{key} is not an rsa2048-sign key"
             )));
         }
+        let res = self.sign_once(key, auth, digest, scheme);
+        match res {
+            // A MOSIP primary whose transient handle went stale under us (the TPM restarted
+            // between the check and the command): recreated once.
+            Err(BackendError::NotFound(_)) if matches!(key, TpmRef::Mosip(_)) => {
+                self.clear_cache();
+                self.sign_once(key, auth, digest, scheme)
+            }
+            r => r,
+        }
+    }
+
+    fn sign_once(
+        &mut self,
+        key: TpmRef,
+        auth: &KeyAuth,
+        digest: &[u8; 32],
+        scheme: SignScheme,
+    ) -> Result<Vec<u8>, BackendError> {
         let opened = self.open_with(key, auth)?;
         let res = self.sign_with(&opened, digest, scheme);
         self.release(opened);
@@ -381,6 +400,23 @@ impl Worker {
         let label = tpm_label(label)?;
         let ct = PublicKeyRsa::try_from(ciphertext.to_vec())
             .map_err(|e| BackendError::BadInput(format!("ciphertext: {e}")))?;
+        match self.decrypt_once(key, auth, ct.clone(), label.clone()) {
+            // A stale MOSIP primary handle (see `op_sign`): recreated once.
+            Err(BackendError::NotFound(_)) if matches!(key, TpmRef::Mosip(_)) => {
+                self.clear_cache();
+                self.decrypt_once(key, auth, ct, label)
+            }
+            r => r,
+        }
+    }
+
+    fn decrypt_once(
+        &mut self,
+        key: TpmRef,
+        auth: &KeyAuth,
+        ct: PublicKeyRsa,
+        label: tss_esapi::structures::Data,
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         let opened = self.open_with(key, auth)?;
         let res = match RsaFacts::of(&opened.public).and_then(|f| f.require(KeyKind::Rsa2048Oaep)) {
             Err(e) => Err(e),
