@@ -937,3 +937,27 @@ fn adopted_mosip_k9_and_export_keep_mosip_data_decrypting() {
         hsm.object_labels()
     );
 }
+
+/// With the optional pool key cache on (`[zk] cache_size`), attributes still round-trip, a
+/// wrong id is still `integrity`, and a master rotation (new master version: new cache keys)
+/// changes nothing for the caller.
+#[test]
+fn pool_key_cache_on_changes_nothing_for_callers() {
+    let d = DaemonBuilder::new()
+        .with_hsm()
+        .extra("[zk]\ncache_size = 8\ncache_ttl_secs = 30\n")
+        .start();
+    pool(&d, "cred", "k9", 4, &[]);
+    let value = b"cached".to_vec();
+    let made: Vec<(Json, PathBuf)> = (0..12)
+        .map(|_| encrypt(&d, "cred", "UIN-1", &value))
+        .collect();
+    for (_, attr) in &made {
+        assert_eq!(decrypt(&d, "cred", "UIN-1", attr), value);
+        decrypt_err(&d, "cred", "UIN-2", &read(attr), ErrorCode::Integrity);
+    }
+    cli_json(&d, &["zk", "rotate-master", "cred"]);
+    for (_, attr) in &made {
+        assert_eq!(decrypt(&d, "cred", "UIN-1", attr), value);
+    }
+}
