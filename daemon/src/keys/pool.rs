@@ -350,19 +350,18 @@ impl KeyManager {
         })
     }
 
-    fn unwrap_row(&self, pool: &PoolRow, k: &KeyRow) -> Result<PoolSecret, OpError> {
-        if let Some(s) = self.pools.cache.get(&pool.name, k.index, k.master_version) {
+    /// Unwraps key row `k` of pool `pool` (master `master`), or takes it from the cache.
+    fn unwrap_row(&self, pool: &str, master: &str, k: &KeyRow) -> Result<PoolSecret, OpError> {
+        if let Some(s) = self.pools.cache.get(pool, k.index, k.master_version) {
             return Ok(s);
         }
-        let m = self.pool_master(&pool.master, k.master_version)?;
-        let aad = pool_aad(&pool.name, k.index, &pool.master, k.master_version);
+        let m = self.pool_master(master, k.master_version)?;
+        let aad = pool_aad(pool, k.index, master, k.master_version);
         let v = m
             .backend
             .unwrap_secret(&KeyRef::object(&m.object), &k.blob, &aad)?;
         let s = to_secret(&v)?;
-        self.pools
-            .cache
-            .put(&pool.name, k.index, k.master_version, &s);
+        self.pools.cache.put(pool, k.index, k.master_version, &s);
         Ok(s)
     }
 
@@ -514,7 +513,7 @@ impl KeyManager {
         let mut ok = 0;
         let mut failed = Vec::new();
         for k in &keys {
-            match self.unwrap_row(&row, k) {
+            match self.unwrap_row(name, &row.master, k) {
                 Ok(_) => ok += 1,
                 Err(e) if e.code == ErrorCode::BackendUnavailable => return Err(e),
                 Err(_) => failed.push(k.index),
@@ -544,9 +543,9 @@ impl KeyManager {
             }
             let i = p.order[rand::rngs::OsRng.gen_range(0..p.order.len())];
             let k = p.keys.get(&i).cloned().ok_or_else(|| no_key(name, i))?;
-            (p.row.clone(), k)
+            (p.row.master.clone(), k)
         };
-        Ok((k.index, self.unwrap_row(&row, &k)?))
+        Ok((k.index, self.unwrap_row(name, &row, &k)?))
     }
 
     /// The pool key at `index`, unwrapped (`not_found` when there is none).
@@ -559,9 +558,9 @@ impl KeyManager {
                 .get(&index)
                 .cloned()
                 .ok_or_else(|| no_key(name, index))?;
-            (p.row.clone(), k)
+            (p.row.master.clone(), k)
         };
-        self.unwrap_row(&row, &k)
+        self.unwrap_row(name, &row, &k)
     }
 
     /// Stores pool keys received from elsewhere (a share, a MOSIP export) at their indices,
@@ -584,15 +583,22 @@ impl KeyManager {
                 .collect();
             (p.row.clone(), present)
         };
+        let mut given = HashMap::with_capacity(keys.len());
+        for (i, k) in keys {
+            if *i > MAX_INDEX {
+                return Err(OpError::bad(format!("pool index {i} is out of range")));
+            }
+            if given.insert(*i, k).is_some() {
+                return Err(OpError::bad(format!("index {i} is given twice")));
+            }
+        }
         let mut same = std::collections::HashSet::new();
         for k in &present {
-            let have = self.unwrap_row(&row, k)?;
-            let given = keys
-                .iter()
-                .find(|(i, _)| *i == k.index)
-                .map(|(_, s)| s)
-                .ok_or_else(|| OpError::internal("import bookkeeping"))?;
-            if bool::from(have.ct_eq(&given[..])) {
+            let have = self.unwrap_row(name, &row.master, k)?;
+            let is_same = given
+                .get(&k.index)
+                .is_some_and(|g| bool::from(have.ct_eq(&g[..])));
+            if is_same {
                 same.insert(k.index);
             } else {
                 return Err(OpError::new(
@@ -604,19 +610,11 @@ impl KeyManager {
                 ));
             }
         }
-        let mut seen = std::collections::HashSet::new();
-        let mut todo: Vec<(u32, &[u8; KEY_LEN])> = Vec::new();
-        for (i, k) in keys {
-            if *i > MAX_INDEX {
-                return Err(OpError::bad(format!("pool index {i} is out of range")));
-            }
-            if !seen.insert(*i) {
-                return Err(OpError::bad(format!("index {i} is given twice")));
-            }
-            if !same.contains(i) {
-                todo.push((*i, &**k));
-            }
-        }
+        let todo: Vec<(u32, &[u8; KEY_LEN])> = keys
+            .iter()
+            .filter(|(i, _)| !same.contains(i))
+            .map(|(i, k)| (*i, &**k))
+            .collect();
         let rows = self.wrap_rows(name, &row.master, &todo, origin)?;
         if !rows.is_empty() {
             store.add_pool_keys(&row, false, &rows)?;
@@ -678,7 +676,7 @@ impl KeyManager {
             }
             let mut rows = Vec::with_capacity(batch.len());
             for k in &batch {
-                let s = self.unwrap_row(&row, k)?;
+                let s = self.unwrap_row(name, &row.master, k)?;
                 let aad = pool_aad(name, k.index, &master, target);
                 rows.push(KeyRow {
                     index: k.index,

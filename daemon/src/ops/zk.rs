@@ -367,7 +367,7 @@ impl Handle for ZkImportMosip {
             for r in &rows {
                 keys.push((r.index, app.keys.mosip_unwrap(&a.master, &r.wrapped)?));
             }
-            if !app.keys.pool_names().contains(&a.pool) {
+            if app.keys.require_pool(&a.pool).is_err() {
                 app.keys.pool_init(&a.pool, &a.master, 0, None)?;
             }
             let n = app.keys.pool_import(&a.pool, &keys, "mosip")?;
