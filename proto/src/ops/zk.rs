@@ -111,8 +111,9 @@ impl Zeroize for ZkAttribute {
     }
 }
 
-/// `zk.encrypt` and `zk.decrypt` arguments.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// `zk.encrypt` and `zk.decrypt` arguments. Their `Debug` shows neither the id (knowing it is
+/// what lets one decrypt) nor the values.
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct ZkCryptArgs {
     /// Pool name.
     pub pool: String,
@@ -120,6 +121,16 @@ pub struct ZkCryptArgs {
     pub id: String,
     /// 1 to 1,024 attributes.
     pub attributes: Vec<ZkAttribute>,
+}
+
+impl std::fmt::Debug for ZkCryptArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkCryptArgs")
+            .field("pool", &self.pool)
+            .field("id", &"(redacted)")
+            .field("attributes", &self.attributes)
+            .finish()
+    }
 }
 
 /// `zk.encrypt` result: MOSIP's `zkEncrypt` response.
