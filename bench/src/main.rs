@@ -45,6 +45,9 @@ pub struct Settings {
     pub smoke: bool,
     /// Quick run: ping and HSM sign rows and the stage timing only (`BENCH_QUICK=1`).
     pub quick: bool,
+    /// Only the rows whose operation contains one of these (`BENCH_ONLY`, comma-separated; for
+    /// A/B runs while tuning): the other phases are skipped and nothing is written.
+    pub only: Vec<String>,
     /// Markdown output.
     pub out_md: PathBuf,
     /// JSON output.
@@ -81,6 +84,14 @@ impl Settings {
                     .is_ok_and(|o| o.status.success()),
             smoke,
             quick: std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1"),
+            only: std::env::var("BENCH_ONLY")
+                .map(|v| {
+                    v.split(',')
+                        .filter(|o| !o.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
             out_md: std::env::var_os("BENCH_OUT")
                 .map(Into::into)
                 .unwrap_or_else(|| root.join("BENCHMARKS.md")),
@@ -105,6 +116,9 @@ fn main() {
     }
     let settings = Settings::from_env();
     let results = phases::run(&settings);
+    if !settings.only.is_empty() {
+        return;
+    }
     let md = report::markdown(&results, &settings);
     print!("{md}");
     std::fs::write(&settings.out_md, &md).expect("write BENCHMARKS.md");

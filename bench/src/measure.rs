@@ -135,6 +135,23 @@ pub fn cpu_secs(pid: Option<u32>) -> f64 {
     (t(11) + t(12)) / ticks
 }
 
+/// Context switches (voluntary and involuntary) of every thread of process `pid` so far.
+pub fn ctx_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|st| {
+            st.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// Resident set size of process `pid`, MiB.
 pub fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -172,5 +189,8 @@ mod tests {
         assert!(x > 0);
         assert!(cpu_secs(None) > t0);
         assert!(rss_mib(std::process::id()) > 0.0);
+        let s0 = ctx_switches(std::process::id());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(ctx_switches(std::process::id()) > s0);
     }
 }

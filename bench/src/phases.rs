@@ -25,7 +25,9 @@ use secrecy::SecretString;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::measure::{cpu_secs, daemon_rate, direct_rate, median, percentile, rss_mib};
+use crate::measure::{
+    cpu_secs, ctx_switches, daemon_rate, direct_rate, median, percentile, rss_mib,
+};
 use crate::{log, Settings};
 
 /// One measured case.
@@ -49,6 +51,10 @@ pub struct Row {
     pub daemon_cpu_us: f64,
     /// This process's CPU per direct operation, µs (the token's own work).
     pub direct_cpu_us: Option<f64>,
+    /// The caller's CPU per daemon operation (this process: encode, socket, decode), µs.
+    pub caller_cpu_us: f64,
+    /// The daemon's context switches per operation (all its threads).
+    pub switches_per_op: f64,
 }
 
 impl Row {
@@ -59,6 +65,15 @@ impl Row {
     /// Daemon CPU per operation outside the token's work: daemon CPU − direct CPU.
     pub fn outside_token_us(&self) -> Option<f64> {
         self.direct_cpu_us.map(|d| self.daemon_cpu_us - d)
+    }
+    /// The highest daemon/direct ratio the CPUs allow when both paths keep every CPU busy:
+    /// direct CPU per operation ÷ (daemon CPU + caller CPU per operation), the caller and the
+    /// daemon sharing the same CPUs the direct threads have to themselves.
+    pub fn cpu_ceiling(&self) -> Option<f64> {
+        let total = self.daemon_cpu_us + self.caller_cpu_us;
+        self.direct_cpu_us
+            .filter(|_| total > 0.0)
+            .map(|d| d / total)
     }
 }
 
@@ -216,11 +231,14 @@ impl Bench {
         wire_op: &'static str,
         args: A,
         direct: Option<F>,
-    ) -> Row
+    ) -> Option<Row>
     where
         A: Serialize + Send + Sync + 'static,
         F: Fn() + Sync,
     {
+        if !self.s.only.is_empty() && !self.s.only.iter().any(|o| op.contains(o.as_str())) {
+            return None;
+        }
         let args = Arc::new(args);
         let clients = self.clients(callers);
         if let Some(f) = &direct {
@@ -237,6 +255,7 @@ impl Bench {
         ));
         let (mut d, mut dcpu, mut x, mut xcpu, mut p50, mut p99) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut ccpu, mut sw) = (vec![], vec![]);
         for _ in 0..self.s.reps {
             if let Some(f) = &direct {
                 let c0 = cpu_secs(None);
@@ -244,11 +263,18 @@ impl Bench {
                 dcpu.push((cpu_secs(None) - c0) * 1e6 / n.max(1) as f64);
                 d.push(rate);
             }
-            let c0 = cpu_secs(Some(self.pid()));
+            let (c0, me0, s0) = (
+                cpu_secs(Some(self.pid())),
+                cpu_secs(None),
+                ctx_switches(self.pid()),
+            );
             let mut run = self
                 .rt
                 .block_on(daemon_rate(&clients, depth, self.s.dur, wire_op, &args));
-            xcpu.push((cpu_secs(Some(self.pid())) - c0) * 1e6 / run.ops.max(1) as f64);
+            let ops = run.ops.max(1) as f64;
+            xcpu.push((cpu_secs(Some(self.pid())) - c0) * 1e6 / ops);
+            ccpu.push((cpu_secs(None) - me0) * 1e6 / ops);
+            sw.push(ctx_switches(self.pid()).saturating_sub(s0) as f64 / ops);
             x.push(run.rate);
             p50.push(percentile(&mut run.lat_us, 50.0));
             p99.push(percentile(&mut run.lat_us, 99.0));
@@ -263,10 +289,12 @@ impl Bench {
             p99_us: median(p99),
             daemon_cpu_us: median(xcpu),
             direct_cpu_us: direct.as_ref().map(|_| median(dcpu)),
+            caller_cpu_us: median(ccpu),
+            switches_per_op: median(sw),
         };
         log(&format!(
             "{op} ×{callers}{}: direct {:?} daemon {:.0}/s ratio {:?} p50 {:.0} µs p99 {:.0} µs \
-             cpu {:.0}/{:?} µs/op",
+             cpu {:.0}/{:?} µs/op caller {:.0} µs/op switches {:.1}/op",
             if depth > 1 {
                 format!(" ({depth} in flight)")
             } else {
@@ -279,8 +307,10 @@ impl Bench {
             row.p99_us,
             row.daemon_cpu_us,
             row.direct_cpu_us.map(|v| v.round()),
+            row.caller_cpu_us,
+            row.switches_per_op,
         ));
-        row
+        Some(row)
     }
 }
 
@@ -390,11 +420,11 @@ pub fn run(s: &Settings) -> Results {
     let ping = || PingArgs {
         data: b"ping".to_vec(),
     };
-    rows.push(b.row("ping", 1, 1, names::PING, ping(), NO_DIRECT));
+    rows.extend(b.row("ping", 1, 1, names::PING, ping(), NO_DIRECT));
     for depth in [16, 64] {
-        rows.push(b.row("ping", 1, depth, names::PING, ping(), NO_DIRECT));
+        rows.extend(b.row("ping", 1, depth, names::PING, ping(), NO_DIRECT));
     }
-    rows.push(b.row("ping", 8, 4, names::PING, ping(), NO_DIRECT));
+    rows.extend(b.row("ping", 8, 4, names::PING, ping(), NO_DIRECT));
 
     // HSM RSA-2048 sign, PKCS#1 v1.5.
     let sign_direct = || {
@@ -407,7 +437,7 @@ pub fn run(s: &Settings) -> Results {
     };
     for &n in &s.callers {
         log(&format!("HSM sign, {n} caller(s)"));
-        rows.push(b.row(
+        rows.extend(b.row(
             "HSM RSA-2048 sign",
             n,
             1,
@@ -447,7 +477,7 @@ pub fn run(s: &Settings) -> Results {
     };
     for &n in &s.callers {
         log(&format!("HSM unwrap, {n} caller(s)"));
-        rows.push(b.row(
+        rows.extend(b.row(
             "HSM RSA-OAEP-SHA256 unwrap",
             n,
             1,
@@ -479,7 +509,7 @@ pub fn run(s: &Settings) -> Results {
     };
     for &n in &s.callers {
         log(&format!("envelope open, {n} caller(s)"));
-        rows.push(b.row(
+        rows.extend(b.row(
             "Envelope open (1 KiB)",
             n,
             1,
@@ -506,7 +536,7 @@ pub fn run(s: &Settings) -> Results {
     };
     for &n in s.callers.iter().filter(|n| **n <= 4) {
         log(&format!("HSM Ed25519 sign, {n} caller(s)"));
-        rows.push(b.row(
+        rows.extend(b.row(
             "HSM Ed25519 sign (256 B)",
             n,
             1,
@@ -599,7 +629,7 @@ pub fn run(s: &Settings) -> Results {
         expect_content_hash: Some(idos::content_hash(&plaintext)),
     };
     for (callers, depth) in [(1, 1), (2, 16)] {
-        rows.push(b.row(
+        rows.extend(b.row(
             "idOS box.open (1 KiB)",
             callers,
             depth,
@@ -607,7 +637,7 @@ pub fn run(s: &Settings) -> Results {
             open_args(),
             Some(d_open),
         ));
-        rows.push(b.row(
+        rows.extend(b.row(
             "idOS box.reencrypt (1 KiB)",
             callers,
             depth,
@@ -621,6 +651,13 @@ pub fn run(s: &Settings) -> Results {
     // callgrind) on restarted daemons, before the zk pool exists: its background share warm-up
     // after a start would be counted too.
     res.rss_full_mib = rss_mib(b.pid());
+    if !s.only.is_empty() {
+        if s.only.iter().any(|o| o.contains("zk")) {
+            zk_rows(&b, &p11, &mut res);
+        }
+        b.daemon.terminate();
+        return res;
+    }
     res.stages = stage_timing(&mut b);
     if s.callgrind {
         res.callgrind = callgrind(&mut b);
@@ -636,7 +673,7 @@ pub fn run(s: &Settings) -> Results {
     let mut tpm_rows = Vec::new();
     for &n in &tpm_callers {
         log(&format!("TPM sign through the daemon, {n} caller(s)"));
-        tpm_rows.push(b.row(
+        tpm_rows.extend(b.row(
             "TPM RSA-2048 sign (MOSIP key)",
             n,
             1,
@@ -890,7 +927,7 @@ fn zk_rows(b: &Bench, p11: &Arc<Pkcs11Backend>, res: &mut Results) {
             "zk.encrypt batch 16 × 1 KiB"
         };
         log(op);
-        res.rows.push(b.row(
+        res.rows.extend(b.row(
             op,
             2,
             depth,
@@ -908,7 +945,7 @@ fn zk_rows(b: &Bench, p11: &Arc<Pkcs11Backend>, res: &mut Results) {
     log("zk.decrypt 1 × 1 KiB");
     let enc: ZkEncryptResult = b.call(names::ZK_ENCRYPT, &crypt(1));
     let d_attr = zk::encrypt_attribute(&derived(p11), 5, &value).expect("encrypt");
-    res.rows.push(b.row(
+    res.rows.extend(b.row(
         "zk.decrypt 1 × 1 KiB",
         2,
         16,

@@ -214,7 +214,13 @@ pub fn markdown(r: &Results, s: &Settings) -> String {
          one swtpm). Latencies are the daemon path's, as the caller sees them. *Daemon CPU* is \
          the custodyd process's user+system time per operation (/proc/PID/stat); *direct CPU* \
          the benchmark process's for the direct operation (the token's own work, SoftHSM \
-         being a library); their difference is what the daemon costs beyond the token.\n"
+         being a library); their difference is what the daemon costs beyond the token. \
+         *Caller CPU* is the benchmark process's own CPU per daemon operation (the client: \
+         encode, socket, decode); *daemon switches* the context switches of all custodyd's \
+         threads per operation (/proc/PID/task/*/status). *CPU ceiling* = direct CPU ÷ (daemon \
+         CPU + caller CPU): the highest daemon/direct ratio possible when both paths keep every \
+         CPU busy, since the caller and the daemon share the CPUs the direct threads have to \
+         themselves.\n"
     );
     if r.noisy {
         let _ = writeln!(
@@ -237,13 +243,18 @@ pub fn markdown(r: &Results, s: &Settings) -> String {
     let _ = writeln!(
         o,
         "| operation | callers | in flight | direct | daemon | daemon/direct | p50 | p99 | \
-         daemon CPU/op | direct CPU/op | outside the token |"
+         daemon CPU/op | direct CPU/op | outside the token | caller CPU/op | daemon switches/op | \
+         CPU ceiling |"
     );
-    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        o,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for x in &r.rows {
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {:.0} µs | {:.0} µs | {:.0} µs | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.0} µs | {:.0} µs | {:.0} µs | {} | {} | {:.0} µs \
+             | {:.1} | {} |",
             x.op,
             x.callers,
             x.depth,
@@ -255,6 +266,9 @@ pub fn markdown(r: &Results, s: &Settings) -> String {
             x.daemon_cpu_us,
             opt(x.direct_cpu_us, |v| format!("{v:.0} µs")),
             opt(x.outside_token_us(), |v| format!("{v:.0} µs")),
+            x.caller_cpu_us,
+            x.switches_per_op,
+            opt(x.cpu_ceiling(), |v| format!("{v:.2}")),
         );
     }
     let f = &r.fairness;
@@ -476,6 +490,65 @@ fn reading(r: &Results, ts: &[Target]) -> String {
             ratios.join(", ")
         );
     }
+    let limits: Vec<String> = [
+        ("HSM RSA-2048 sign", 2, 1),
+        ("HSM RSA-2048 sign", 4, 1),
+        ("HSM Ed25519 sign", 1, 1),
+        ("HSM Ed25519 sign", 2, 1),
+        ("idOS box.open", 2, 16),
+        ("idOS box.reencrypt", 2, 16),
+    ]
+    .iter()
+    .filter_map(|(op, n, depth)| {
+        let x = find(r, op, *n, *depth)?;
+        Some(format!(
+            "{} × {}{}: ratio {:.2}, CPU ceiling {:.2} (daemon {:.0} µs + caller {:.0} µs \
+             against {:.0} µs direct per operation)",
+            x.op,
+            n,
+            if *depth > 1 {
+                format!(" × {depth} in flight")
+            } else {
+                String::new()
+            },
+            x.ratio()?,
+            x.cpu_ceiling()?,
+            x.daemon_cpu_us,
+            x.caller_cpu_us,
+            x.direct_cpu_us?,
+        ))
+    })
+    .collect();
+    if !limits.is_empty() {
+        let _ = write!(
+            o,
+            "Where the CPUs are the limit, the ratio cannot exceed the CPU ceiling: {}. ",
+            limits.join("; ")
+        );
+    }
+    let switches: Vec<String> = [
+        ("ping", 1, 1),
+        ("HSM Ed25519 sign", 1, 1),
+        ("idOS box.open", 1, 1),
+    ]
+    .iter()
+    .filter_map(|(op, n, d)| {
+        let x = find(r, op, *n, *d)?;
+        Some(format!(
+            "{} {:.1} (p50 {:.0} µs)",
+            x.op, x.switches_per_op, x.p50_us
+        ))
+    })
+    .collect();
+    if !switches.is_empty() {
+        let _ = write!(
+            o,
+            "With one request at a time, the daemon's context switches per request: {}; each is a \
+             thread sleeping and being woken, which on this virtual machine costs an \
+             inter-processor interrupt and a VM exit. ",
+            switches.join(", ")
+        );
+    }
     let f = &r.fairness;
     if f.samples > 0 {
         let _ = write!(
@@ -516,6 +589,9 @@ struct JsonRow<'a> {
     daemon_cpu_us_per_op: f64,
     direct_cpu_us_per_op: Option<f64>,
     outside_token_cpu_us_per_op: Option<f64>,
+    caller_cpu_us_per_op: f64,
+    daemon_switches_per_op: f64,
+    cpu_ceiling: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -542,6 +618,9 @@ pub fn json(r: &Results, s: &Settings) -> String {
             daemon_cpu_us_per_op: x.daemon_cpu_us,
             direct_cpu_us_per_op: x.direct_cpu_us,
             outside_token_cpu_us_per_op: x.outside_token_us(),
+            caller_cpu_us_per_op: x.caller_cpu_us,
+            daemon_switches_per_op: x.switches_per_op,
+            cpu_ceiling: x.cpu_ceiling(),
         })
         .collect();
     let ts = targets(r);
