@@ -526,6 +526,40 @@ fn reading(r: &Results, ts: &[Target]) -> String {
             limits.join("; ")
         );
     }
+    if let Some(p) = find(r, "ping", 1, 1) {
+        let one: Vec<String> = [
+            "HSM RSA-2048 sign",
+            "HSM RSA-OAEP",
+            "Envelope open",
+            "HSM Ed25519 sign",
+            "idOS box.open",
+            "idOS box.reencrypt",
+            "TPM RSA-2048 sign",
+        ]
+        .iter()
+        .filter_map(|op| {
+            let x = find(r, op, 1, 1)?;
+            let d = x.direct?;
+            let direct_us = 1e6 / d;
+            Some(format!(
+                "{} {:.2} (measured {:.2})",
+                x.op,
+                direct_us / (direct_us + p.p50_us),
+                x.ratio()?
+            ))
+        })
+        .collect();
+        if !one.is_empty() {
+            let _ = write!(
+                o,
+                "With one caller and one request at a time, even a daemon that cost nothing \
+                 beyond a `ping` round trip ({:.0} µs p50) would reach at most direct time ÷ \
+                 (direct time + that round trip): {}. ",
+                p.p50_us,
+                one.join(", ")
+            );
+        }
+    }
     let switches: Vec<String> = [
         ("ping", 1, 1),
         ("HSM Ed25519 sign", 1, 1),
