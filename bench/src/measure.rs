@@ -83,6 +83,22 @@ where
     }
 }
 
+/// Median duration of one call of `f`, µs, over `n` calls on this thread; with `idle`, the
+/// thread sleeps that long before each call, as a daemon's thread does between the requests of
+/// one caller who waits for each answer.
+pub fn call_us<F: Fn()>(f: &F, idle: Option<Duration>, n: usize) -> f64 {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        if let Some(d) = idle {
+            std::thread::sleep(d);
+        }
+        let t = Instant::now();
+        f();
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    median(v)
+}
+
 /// The median of `v` (0 when empty).
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {

@@ -26,7 +26,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::measure::{
-    cpu_secs, ctx_switches, daemon_rate, direct_rate, median, percentile, rss_mib,
+    call_us, cpu_secs, ctx_switches, daemon_rate, direct_rate, median, percentile, rss_mib,
 };
 use crate::{log, Settings};
 
@@ -55,7 +55,14 @@ pub struct Row {
     pub caller_cpu_us: f64,
     /// The daemon's context switches per operation (all its threads).
     pub switches_per_op: f64,
+    /// One caller only: the direct call's median duration back to back, and after the calling
+    /// thread slept [`IDLE_GAP`] (µs).
+    pub direct_call_us: Option<(f64, f64)>,
 }
+
+/// The sleep before each call of the idle-gap measurement: about a `ping` round trip, the time a
+/// daemon's thread waits between the requests of one caller.
+pub const IDLE_GAP: Duration = Duration::from_micros(50);
 
 impl Row {
     /// Daemon rate / direct rate.
@@ -279,6 +286,15 @@ impl Bench {
             p50.push(percentile(&mut run.lat_us, 50.0));
             p99.push(percentile(&mut run.lat_us, 99.0));
         }
+        // One caller: does the same call take longer on a thread that sleeps between calls?
+        let direct_call_us = match (&direct, callers, depth) {
+            (Some(f), 1, 1) => {
+                let one = median(d.clone()).max(1.0);
+                let n = ((self.s.dur.as_secs_f64() * one) as usize).clamp(20, 5000);
+                Some((call_us(f, None, n), call_us(f, Some(IDLE_GAP), n)))
+            }
+            _ => None,
+        };
         let row = Row {
             op,
             callers,
@@ -291,6 +307,7 @@ impl Bench {
             direct_cpu_us: direct.as_ref().map(|_| median(dcpu)),
             caller_cpu_us: median(ccpu),
             switches_per_op: median(sw),
+            direct_call_us,
         };
         log(&format!(
             "{op} ×{callers}{}: direct {:?} daemon {:.0}/s ratio {:?} p50 {:.0} µs p99 {:.0} µs \
@@ -310,6 +327,11 @@ impl Bench {
             row.caller_cpu_us,
             row.switches_per_op,
         ));
+        if let Some((busy, idle)) = row.direct_call_us {
+            log(&format!(
+                "{op}: direct call {busy:.0} µs back to back, {idle:.0} µs after a sleep"
+            ));
+        }
         Some(row)
     }
 }

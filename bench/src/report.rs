@@ -271,6 +271,40 @@ pub fn markdown(r: &Results, s: &Settings) -> String {
             opt(x.cpu_ceiling(), |v| format!("{v:.2}")),
         );
     }
+    let gaps: Vec<&Row> = r
+        .rows
+        .iter()
+        .filter(|x| x.direct_call_us.is_some())
+        .collect();
+    if !gaps.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n## One caller: the same direct call after an idle gap\n"
+        );
+        let _ = writeln!(
+            o,
+            "A daemon thread serving one caller who waits for each answer sleeps between \
+             requests. Here the *direct* call is timed back to back, and on a thread that sleeps \
+             {} µs before each call (medians); the daemon's p50 and a `ping` round trip are \
+             beside them.\n",
+            crate::phases::IDLE_GAP.as_micros()
+        );
+        let _ = writeln!(
+            o,
+            "| operation | direct, back to back | direct, after a sleep | daemon p50 | ping p50 |"
+        );
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|");
+        let ping = find(r, "ping", 1, 1).map_or(0.0, |p| p.p50_us);
+        for x in gaps {
+            if let Some((busy, idle)) = x.direct_call_us {
+                let _ = writeln!(
+                    o,
+                    "| {} | {busy:.0} µs | {idle:.0} µs | {:.0} µs | {ping:.0} µs |",
+                    x.op, x.p50_us
+                );
+            }
+        }
+    }
     let f = &r.fairness;
     let _ = writeln!(o, "\n## Fairness under a flood\n");
     let _ = writeln!(
@@ -560,6 +594,27 @@ fn reading(r: &Results, ts: &[Target]) -> String {
             );
         }
     }
+    let slower: Vec<String> = r
+        .rows
+        .iter()
+        .filter_map(|x| {
+            let (busy, idle) = x.direct_call_us?;
+            Some(format!(
+                "{} {:+.0}% ({busy:.0} → {idle:.0} µs)",
+                x.op,
+                (idle / busy.max(1.0) - 1.0) * 100.0
+            ))
+        })
+        .collect();
+    if !slower.is_empty() {
+        let _ = write!(
+            o,
+            "The same direct call on a thread that slept {} µs before it: {}; a daemon serving \
+             one caller at a time pays this on every request, whatever its own code does. ",
+            crate::phases::IDLE_GAP.as_micros(),
+            slower.join(", ")
+        );
+    }
     let switches: Vec<String> = [
         ("ping", 1, 1),
         ("HSM Ed25519 sign", 1, 1),
@@ -626,6 +681,8 @@ struct JsonRow<'a> {
     caller_cpu_us_per_op: f64,
     daemon_switches_per_op: f64,
     cpu_ceiling: Option<f64>,
+    direct_call_us: Option<f64>,
+    direct_call_after_idle_us: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -655,6 +712,8 @@ pub fn json(r: &Results, s: &Settings) -> String {
             caller_cpu_us_per_op: x.caller_cpu_us,
             daemon_switches_per_op: x.switches_per_op,
             cpu_ceiling: x.cpu_ceiling(),
+            direct_call_us: x.direct_call_us.map(|v| v.0),
+            direct_call_after_idle_us: x.direct_call_us.map(|v| v.1),
         })
         .collect();
     let ts = targets(r);
