@@ -6,7 +6,8 @@
 # daemon's stage timing and (with valgrind) its instructions per request; prints the tables and
 # writes BENCHMARKS.md and target/bench/report.json. Options (environment): BENCH_SECS (one
 # measurement, default 1.5), BENCH_REPS (default 3), BENCH_POOL_KEYS (default 10000),
-# BENCH_CALLGRIND=0, BENCH_QUICK=1 (ping and HSM sign only), BENCH_OUT, BENCH_JSON.
+# BENCH_CALLGRIND=0, BENCH_QUICK=1 (ping and HSM sign only), BENCH_ONLY=a,b (only the rows whose
+# operation contains a or b; nothing written), BENCH_OUT, BENCH_JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
