@@ -205,6 +205,31 @@ fn reading(r: &Results) -> String {
             behind.join("; ")
         );
     }
+    let above: Vec<String> = r
+        .rows
+        .iter()
+        .filter(|x| x.op == "sign" && x.path != Path::Direct)
+        .filter(|x| x.ratio.is_some_and(|v| v > 1.05))
+        .map(|x| {
+            format!(
+                "{} at {} caller(s) ({:.2})",
+                x.path.label(),
+                x.callers,
+                x.ratio.unwrap_or(0.0)
+            )
+        })
+        .collect();
+    if !above.is_empty() {
+        let _ = write!(
+            o,
+            "Faster than direct: {}. A daemon cannot sign faster than the token it calls; a \
+             ratio above 1 means the direct threads got less CPU than the daemon did in its \
+             turn (with other load on the machine, a process with more runnable threads — the \
+             daemon's workers plus this process's callers — wins a larger share), so these \
+             ratios overstate the daemon and only the order of the paths is to be read. ",
+            above.join(", ")
+        );
+    }
     if let (Some(x), Some(d), Some(t)) = (
         find(r, "sign", Path::Custodyd, 1),
         find(r, "sign", Path::ParsecDefault, 1),
