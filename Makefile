@@ -3,9 +3,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 DEV ?= $(CURDIR)/target/dev
+# Building Parsec for `make bench-peers` only (bindgen, mbedtls): not needed by `make test`.
+PEER_APT_PACKAGES := clang libclang-dev cmake
 APT_PACKAGES := swtpm swtpm-tools softhsm2 libtss2-dev tpm2-tools opensc pkg-config openssl util-linux faketime systemd lintian dpkg-dev valgrind
 
-.PHONY: deps build test lint demo dev dev-stop bench clean-dev deb fuzz faults soak
+.PHONY: deps build test lint demo dev dev-stop bench bench-peers peer-deps clean-dev deb fuzz faults soak
 
 ## deps: install missing system packages (apt), the Python interop libraries (pip: cryptography, PyNaCl) and cargo-deb
 deps:
@@ -64,6 +66,22 @@ demo: build
 ## bench: benchmarks (results in BENCHMARKS.md and target/bench/report.json; callgrind needs valgrind, from deps)
 bench: build
 	@scripts/bench.sh
+
+## bench-peers: custodyd against Parsec 1.5 (PKCS#11 provider) on one SoftHSM token, RSA-2048 sign at 1/2/4 callers and ping (peer section of BENCHMARKS.md, target/bench/peers.json; builds Parsec once under target/peers/)
+bench-peers: deps peer-deps
+	@scripts/bench-peers.sh
+
+## peer-deps: the system packages Parsec's build needs (apt: clang, libclang-dev, cmake)
+peer-deps:
+	@missing=""; for p in $(PEER_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "peer-deps: installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECS seconds (default 60) on its committed corpus; `make test` replays the corpora
 fuzz: deps

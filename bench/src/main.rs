@@ -19,13 +19,15 @@
 //!
 //! This is a benchmark, not a test: nothing here asserts on timings.
 
-mod measure;
 mod phases;
 mod report;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+// `crate::measure` keeps naming the shared module.
+use custody_bench::measure;
+use custody_bench::sections;
 use custody_testkit::workspace_root;
 
 /// Settings of one run.
@@ -121,7 +123,9 @@ fn main() {
     }
     let md = report::markdown(&results, &settings);
     print!("{md}");
-    std::fs::write(&settings.out_md, &md).expect("write BENCHMARKS.md");
+    // The peer section (`make bench-peers`) of the file being replaced is carried over.
+    let old = std::fs::read_to_string(&settings.out_md).unwrap_or_default();
+    std::fs::write(&settings.out_md, sections::keep_peers(&old, &md)).expect("write BENCHMARKS.md");
     if let Some(dir) = settings.out_json.parent() {
         std::fs::create_dir_all(dir).expect("report directory");
     }

@@ -38,6 +38,38 @@ pub fn direct_rate<F: Fn() + Sync>(threads: usize, dur: Duration, f: &F) -> (f64
     (n as f64 / start.elapsed().as_secs_f64(), n)
 }
 
+/// Calls `f(i)` on `threads` threads (`i` = the thread's index, e.g. to pick its own client)
+/// for `dur`, timing every call: a blocking caller's rate and latencies.
+pub fn thread_run<F: Fn(usize) + Sync>(threads: usize, dur: Duration, f: &F) -> DaemonRun {
+    let start = Instant::now();
+    let end = start + dur;
+    let lat_us: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        f(i);
+                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("caller thread"))
+            .collect()
+    });
+    let ops = lat_us.len() as u64;
+    DaemonRun {
+        rate: ops as f64 / start.elapsed().as_secs_f64(),
+        ops,
+        lat_us,
+    }
+}
+
 /// Sends `op(args)` through every client for `dur`, `depth` requests in flight on each
 /// connection; panics on an error response.
 pub async fn daemon_rate<A>(
@@ -192,6 +224,19 @@ mod tests {
         assert_eq!(percentile(&mut v, 100.0), 100.0);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(percentile(&mut [], 99.0), 0.0);
+    }
+
+    #[test]
+    fn thread_run_times_every_call_of_every_thread() {
+        let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let run = thread_run(3, Duration::from_millis(50), &|i| {
+            seen.lock().expect("lock").insert(i);
+            std::thread::sleep(Duration::from_millis(1));
+        });
+        assert_eq!(*seen.lock().expect("lock"), [0, 1, 2].into());
+        assert_eq!(run.ops as usize, run.lat_us.len());
+        assert!(run.ops >= 3 && run.rate > 0.0);
+        assert!(run.lat_us.iter().all(|l| *l >= 1000.0));
     }
 
     #[test]

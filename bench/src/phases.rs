@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use custody_daemon::backend::pkcs11::{OaepMode, Pkcs11Backend, Pkcs11Config};
+use custody_daemon::backend::pkcs11::Pkcs11Backend;
 use custody_daemon::backend::software::{aad, SoftwareBackend};
 use custody_daemon::backend::tpm::{TpmBackend, TpmConfig};
 use custody_daemon::backend::{
@@ -18,10 +18,9 @@ use custody_testkit::proto::ops::{
     names, BoxOpenArgs, BoxReencryptArgs, KeyCreateArgs, OpenArgs, PingArgs, PublicKeyArgs,
     PublicKeyResult, SignArgs, UnwrapArgs,
 };
-use custody_testkit::{Client, Daemon, DaemonBuilder, Flood, FloodCounts, SOFTHSM_MODULE};
+use custody_testkit::{Client, Daemon, DaemonBuilder, Flood, FloodCounts};
 use rsa::pkcs8::DecodePublicKey;
 use rsa::{Oaep, RsaPublicKey};
-use secrecy::SecretString;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -395,20 +394,8 @@ pub fn run(s: &Settings) -> Results {
         .map(|s| s.trim_matches('"').to_owned())
         .expect("tcti in config");
 
-    // The direct PKCS#11 backend uses the daemon's token: SoftHSM reads SOFTHSM2_CONF once, at
-    // this process's first C_Initialize.
-    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
-    let p11 = Arc::new(
-        Pkcs11Backend::start(Pkcs11Config {
-            module: SOFTHSM_MODULE.into(),
-            token_label: hsm.label.clone(),
-            pin: SecretString::from(hsm.pin()),
-            max_sessions: 64,
-            op_timeout: Duration::from_secs(30),
-            oaep: OaepMode::Auto,
-        })
-        .expect("PKCS#11 backend"),
-    );
+    // The direct PKCS#11 backend uses the daemon's token.
+    let p11 = Arc::new(custody_bench::direct::hsm_backend(&hsm));
     let new = |name, kind| NewKey {
         name,
         version: 1,

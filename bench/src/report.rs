@@ -8,18 +8,7 @@ use serde::Serialize;
 use crate::phases::{Results, Row};
 use crate::Settings;
 
-/// Direct rates of a raw SoftHSM / swtpm loop (no custodyd code) on the reference machine (the
-/// 2-core shared Debian 12 machine these benchmarks are meant for): a run whose direct rates are
-/// more than [`NOISE_LIMIT`] off these was disturbed by other load.
-mod reference {
-    /// RSA-2048 PKCS#1 v1.5 sign, one thread, ops/s.
-    pub const HSM_SIGN_1: f64 = 1640.0;
-    /// The same, two threads.
-    pub const HSM_SIGN_2: f64 = 3130.0;
-}
-
-/// Largest relative distance of a direct rate from the reference before a run counts as noisy.
-const NOISE_LIMIT: f64 = 0.25;
+use custody_bench::reference::{self, NOISE_LIMIT};
 
 fn find<'a>(r: &'a Results, op: &str, callers: usize, depth: usize) -> Option<&'a Row> {
     r.rows

@@ -8,6 +8,9 @@ fn the_harness_runs_every_phase_and_writes_its_reports() {
     let dir = tempfile::tempdir().expect("tempdir");
     let md = dir.path().join("BENCHMARKS.md");
     let json = dir.path().join("report.json");
+    // The section `make bench-peers` owns must survive the rewrite.
+    let peers = "<!-- peers:begin -->\n## custodyd against Parsec\n<!-- peers:end -->";
+    std::fs::write(&md, format!("# Benchmarks\n\nan older run\n\n{peers}\n")).expect("old file");
     let out = Command::new(env!("CARGO_BIN_EXE_custody-bench"))
         .env("BENCH_SMOKE", "1")
         .env("BENCH_OUT", &md)
@@ -31,6 +34,8 @@ fn the_harness_runs_every_phase_and_writes_its_reports() {
     ] {
         assert!(text.contains(section), "no {section:?} in:\n{text}");
     }
+    assert!(text.contains(peers), "the peer section was lost:\n{text}");
+    assert!(!text.contains("an older run"), "{text}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("report.json written"))
             .expect("report.json is JSON");
