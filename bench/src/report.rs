@@ -516,8 +516,8 @@ fn reading(r: &Results, ts: &[Target]) -> String {
     let limits: Vec<String> = [
         ("HSM RSA-2048 sign", 2, 1),
         ("HSM RSA-2048 sign", 4, 1),
-        ("HSM Ed25519 sign", 1, 1),
         ("HSM Ed25519 sign", 2, 1),
+        ("HSM Ed25519 sign", 4, 1),
         ("idOS box.open", 2, 16),
         ("idOS box.reencrypt", 2, 16),
     ]
@@ -596,13 +596,55 @@ fn reading(r: &Results, ts: &[Target]) -> String {
         })
         .collect();
     if !slower.is_empty() {
+        let longer = r
+            .rows
+            .iter()
+            .filter_map(|x| x.direct_call_us)
+            .filter(|(busy, idle)| *idle > busy * 1.05)
+            .count();
         let _ = write!(
             o,
-            "The same direct call on a thread that slept {} µs before it: {}; a daemon serving \
-             one caller at a time pays this on every request, whatever its own code does. ",
+            "The same direct call on a thread that slept {} µs before it: {}; ",
             crate::phases::IDLE_GAP.as_micros(),
             slower.join(", ")
         );
+        let _ = if longer == 0 {
+            write!(
+                o,
+                "no call took measurably (5%) longer after a sleep in this run. "
+            )
+        } else {
+            write!(
+                o,
+                "{longer} of {} took more than 5% longer, a cost a daemon thread that waits \
+                 between one caller's requests pays on each of them, whatever its own code \
+                 does. ",
+                slower.len()
+            )
+        };
+    }
+    if let Some(p) = r
+        .rows
+        .iter()
+        .filter(|x| x.op == "ping" && x.callers == 1 && x.depth > 1)
+        .max_by(|a, b| a.daemon.total_cmp(&b.daemon))
+    {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let per_op = p.daemon_cpu_us + p.caller_cpu_us;
+        if per_op > 0.0 {
+            let _ = write!(
+                o,
+                "Pipelined `ping` on one connection ({} in flight) reached {}; the daemon used \
+                 {:.1} µs and the caller {:.1} µs of CPU per ping, so {} CPUs allow at most \
+                 {} at that cost. ",
+                p.depth,
+                rate(p.daemon),
+                p.daemon_cpu_us,
+                p.caller_cpu_us,
+                cpus,
+                rate(cpus * 1e6 / per_op)
+            );
+        }
     }
     let switches: Vec<String> = [
         ("ping", 1, 1),
