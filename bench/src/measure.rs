@@ -26,7 +26,9 @@ pub fn direct_rate<F: Fn() + Sync>(threads: usize, dur: Duration, f: &F) -> (f64
         for _ in 0..threads {
             s.spawn(|| {
                 let mut n = 0u64;
-                while Instant::now() < end {
+                // At least one call, even when this thread starts late on a loaded machine.
+                let mut first = true;
+                while std::mem::take(&mut first) || Instant::now() < end {
                     f();
                     n += 1;
                 }
@@ -48,7 +50,9 @@ pub fn thread_run<F: Fn(usize) + Sync>(threads: usize, dur: Duration, f: &F) -> 
             .map(|i| {
                 s.spawn(move || {
                     let mut lat = Vec::new();
-                    while Instant::now() < end {
+                    // At least one call, even when this thread starts late on a loaded machine.
+                    let mut first = true;
+                    while std::mem::take(&mut first) || Instant::now() < end {
                         let t = Instant::now();
                         f(i);
                         lat.push(t.elapsed().as_secs_f64() * 1e6);
@@ -91,7 +95,9 @@ where
             let args = args.clone();
             set.spawn(async move {
                 let mut lat = Vec::new();
-                while Instant::now() < end {
+                // At least one call, even when this thread starts late on a loaded machine.
+                let mut first = true;
+                while std::mem::take(&mut first) || Instant::now() < end {
                     let t = Instant::now();
                     let r = c.call_raw(op, &*args).await.expect("daemon call");
                     if let Err(e) = r.result {
@@ -244,7 +250,9 @@ mod tests {
         let t0 = cpu_secs(None);
         let mut x = 0u64;
         let end = Instant::now() + Duration::from_millis(100);
-        while Instant::now() < end {
+        // At least one call, even when this thread starts late on a loaded machine.
+        let mut first = true;
+        while std::mem::take(&mut first) || Instant::now() < end {
             x = x.wrapping_add(1);
         }
         assert!(x > 0);
