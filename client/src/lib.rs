@@ -56,9 +56,12 @@ pub enum ClientError {
     /// The server answered with an error.
     #[error("{0}")]
     Server(WireError),
-    /// The server's bytes did not follow the protocol, or the connection closed mid-request.
+    /// The server's bytes did not follow the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The connection closed before the response came (the daemon closed it or went away).
+    #[error("protocol error: {0}")]
+    Closed(&'static str),
 }
 
 impl ClientError {
@@ -214,7 +217,7 @@ impl Client {
             let mut p = lock(&self.pending);
             match p.as_mut() {
                 Some(m) => m.insert(id, tx),
-                None => return Err(ClientError::Protocol("connection closed".into())),
+                None => return Err(ClientError::Closed("connection closed")),
             };
         }
         let written = {
@@ -235,7 +238,7 @@ impl Client {
             };
         }
         rx.await
-            .map_err(|_| ClientError::Protocol("connection closed before the response".into()))
+            .map_err(|_| ClientError::Closed("connection closed before the response"))
     }
 }
 

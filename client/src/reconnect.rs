@@ -26,9 +26,8 @@ impl ClientError {
     /// what [`Reconnecting`] reconnects after.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            ClientError::Io(_) => true,
-            ClientError::Protocol(m) => m.starts_with("connection closed"),
-            ClientError::Server(_) => false,
+            ClientError::Io(_) | ClientError::Closed(_) => true,
+            ClientError::Protocol(_) | ClientError::Server(_) => false,
         }
     }
 }
