@@ -222,11 +222,13 @@ fn reading(r: &Results) -> String {
     if !above.is_empty() {
         let _ = write!(
             o,
-            "Faster than direct: {}. A daemon cannot sign faster than the token it calls; a \
-             ratio above 1 means the direct threads got less CPU than the daemon did in its \
-             turn (with other load on the machine, a process with more runnable threads — the \
-             daemon's workers plus this process's callers — wins a larger share), so these \
-             ratios overstate the daemon and only the order of the paths is to be read. ",
+            "Faster than direct: {}. A daemon cannot sign faster than the token it calls: a \
+             ratio above 1 means the direct threads got less CPU in their turn than the \
+             daemon's (the direct CPU/op above is the same token work; under other load a \
+             thread that signs back to back competes for a CPU all the time, while the \
+             daemon's threads sleep between requests and are favoured when they wake), so on \
+             such rows the ratio overstates the daemon and only the order of the paths is to \
+             be read. ",
             above.join(", ")
         );
     }
