@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod keys;
+pub mod memory;
 pub mod ops;
 pub mod sched;
 pub mod server;
