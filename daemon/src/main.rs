@@ -44,8 +44,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // Before any other thread exists (see `memory`).
-    custody_daemon::memory::limit_arenas();
     let args = Args::parse();
     if let Some(dir) = &args.generate_assets {
         return match generate_assets(dir) {

@@ -1,4 +1,4 @@
-//! Keeping the daemon's memory flat: glibc malloc arenas capped, freed heap given back.
+//! Keeping the daemon's memory flat: freed heap given back to the system.
 //!
 //! Backend work runs on whichever runtime thread read the request (`scheduler.inline`, under
 //! `block_in_place`), so over time a few dozen threads allocate and free, and glibc binds each to
@@ -6,31 +6,17 @@
 //! returns memory to the system only from the top of a heap), so under a steady load the
 //! daemon's RSS crept up — 35 → 48 → 61 MiB over a 10-minute soak — while its live heap stayed
 //! under 8 MiB (heaptrack). With `scheduler.inline = false` (work on the fixed worker threads
-//! only) it stayed flat, which located the cause. The fix keeps the inline path: at start the
-//! arenas are capped at [`ARENAS`] ([`limit_arenas`]), and every [`TRIM_EVERY`] the free pages
-//! of every arena go back to the system ([`trim`], `malloc_trim(0)`). Figures in README.md,
-//! "Guarantees". Both are FFI calls, the daemon's only `unsafe` code besides the TPM lockout
-//! reset.
+//! only) it stayed flat, which located the cause. The fix keeps the inline path: every
+//! [`TRIM_EVERY`] the free pages of every arena go back to the system ([`trim`],
+//! `malloc_trim(0)`). Capping the arenas as well (`mallopt(M_ARENA_MAX, 2)`) flattened RSS more
+//! but slowed a flood of 256 KiB requests until connections broke (`tests/tests/fairness.rs`),
+//! so it is not done. Figures in README.md, "Guarantees". `malloc_trim` is an FFI call, the
+//! daemon's only `unsafe` code besides the TPM lockout reset.
 
 use std::time::Duration;
 
-/// Most malloc arenas (glibc's default is 8 per CPU).
-pub const ARENAS: i32 = 2;
-
 /// How often the heap is trimmed.
 pub const TRIM_EVERY: Duration = Duration::from_secs(10);
-
-/// Caps glibc's malloc arenas at [`ARENAS`]. Call first thing in `main`, before other threads
-/// exist. A no-op with other C libraries.
-#[allow(unsafe_code)]
-pub fn limit_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt takes two integers and changes only malloc's own settings, under its lock;
-    // M_ARENA_MAX is a parameter glibc defines.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
-    }
-}
 
 /// Returns the free memory of every malloc arena to the system (glibc `malloc_trim(0)`); a no-op
 /// with other C libraries.

@@ -699,7 +699,7 @@ fn soak_64_clients_three_uids_nothing_lost() {
         "TPM transient objects: {details:?}"
     );
     // Memory flat: the last sample at most 1.2 × the one after warm-up (a quarter of the run).
-    // Before the malloc arenas were capped and trimmed (daemon/src/memory.rs) a 10-minute run
+    // Before the heap was trimmed (daemon/src/memory.rs) a 10-minute run
     // went 48.5 → 60.8 MiB (1.25 ×).
     if rss.len() >= 4 {
         let warm = rss[rss.len() / 4];
