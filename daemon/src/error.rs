@@ -54,6 +54,7 @@ impl From<BackendError> for OpError {
             BackendError::Unsupported(_) => ErrorCode::WrongKind,
             BackendError::Integrity(_) => ErrorCode::Integrity,
             BackendError::BadInput(_) => ErrorCode::BadRequest,
+            BackendError::Refused(_) => ErrorCode::PermissionDenied,
             BackendError::Internal(_) => ErrorCode::Internal,
         };
         OpError::new(code, e.to_string())

@@ -2,7 +2,7 @@
 //!
 //! Keys live in a TPM or a PKCS#11 HSM; the daemon performs signing, unwrapping and envelope
 //! operations for local processes over a Unix socket, with per-uid authorization and an audit log.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod audit;
 pub mod auth;
@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod keys;
+pub mod memory;
 pub mod ops;
 pub mod sched;
 pub mod server;

@@ -89,6 +89,7 @@ impl fmt::Display for ErrorCode {
 
 /// The `err` member of a response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[error("{code}: {message}")]
 pub struct WireError {
     /// One of the [`ErrorCode`] strings (clients must tolerate unknown ones).

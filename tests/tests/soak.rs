@@ -636,6 +636,11 @@ fn soak_64_clients_three_uids_nothing_lost() {
         "ida": ida,
         "admin_reads": admin,
         "admin_changes": admin_ops,
+        "rss_summary_kib": {
+            "start": rss.first(),
+            "warm": rss.get(rss.len() / 4),
+            "end": rss.last(),
+        },
         "rss_kib": rss,
         "fds": {"start": fds_start, "end": fds_end},
         "tpm_transient": {"start": transient_start, "end": transient_end},
@@ -693,13 +698,15 @@ fn soak_64_clients_three_uids_nothing_lost() {
         transient_end, transient_start,
         "TPM transient objects: {details:?}"
     );
-    // Memory flat: the last sample within 1.5 × the first after warm-up (plus slack).
+    // Memory flat: the last sample at most 1.2 × the one after warm-up (a quarter of the run).
+    // Before the heap was trimmed (daemon/src/memory.rs) a 10-minute run
+    // went 48.5 → 60.8 MiB (1.25 ×).
     if rss.len() >= 4 {
         let warm = rss[rss.len() / 4];
         let last = *rss.last().unwrap();
         assert!(
-            last <= warm * 3 / 2 + 8 * 1024,
-            "RSS grew from {warm} KiB to {last} KiB: {rss:?}"
+            last * 5 <= warm * 6,
+            "RSS grew from {warm} KiB after warm-up to {last} KiB: {rss:?}"
         );
     }
 }

@@ -284,35 +284,65 @@ fn tpm_status(d: &Daemon) -> String {
         .to_owned()
 }
 
-/// A TPM driven into dictionary-attack lockout by unclean power cycles after DA-protected keys
-/// were used: `status` shows the counter, the maximum and the lockout; `machine-sign` is
-/// `backend_unavailable` naming the lockout; after the administrator clears it with the lockout
-/// authorization (`tpm2_dictionarylockout --clear-lockout`) signing works again with the same key.
-#[test]
-fn unclean_power_cycles_lock_the_tpm_out_and_status_reports_it() {
-    let mut d = DaemonBuilder::new()
-        .with_tpm()
-        .extra(MACHINE_SIGN)
-        .prepare();
-    let tcti = d.swtpm().expect("swtpm").tcti().to_owned();
-    // Two failures lock it out; nothing heals during the test.
+/// The lockout authorization the test gives the simulator (`tpm2_changeauth -c lockout`).
+const LOCKOUT_AUTH: &str = "lockout-pass-7c1";
+
+/// Runs a tpm2-tools command against `tcti`, asserting success.
+fn tpm2_tool(tcti: &str, tool: &str, args: &[&str]) {
     let out = run_with_timeout(
-        Command::new("tpm2_dictionarylockout")
-            .args([
-                "--setup-parameters",
-                "--max-tries=2",
-                "--recovery-time=600",
-                "--lockout-recovery-time=600",
-            ])
-            .env("TPM2TOOLS_TCTI", &tcti)
+        Command::new(tool)
+            .args(args)
+            .env("TPM2TOOLS_TCTI", tcti)
             .env("TSS2_LOG", "all+none"),
         30 * SEC,
     );
-    assert!(
-        out.status.success(),
-        "tpm2_dictionarylockout: {}",
-        text(&out)
+    assert!(out.status.success(), "{tool} {args:?}: {}", text(&out));
+}
+
+/// A TPM driven into dictionary-attack lockout by unclean power cycles after DA-protected keys
+/// were used: `status` shows the counter, the maximum and the lockout; `machine-sign` is
+/// `backend_unavailable` naming the lockout and when it clears. `custody tpm clear-lockout` is
+/// refused to a uid whose role lacks it; the administrator's, with the lockout authorization
+/// from a file (read as `tpm2_dictionarylockout -p file:F` reads it), ends the lockout without a
+/// daemon restart, and signing works again with the same key. A wrong lockout authorization is
+/// `permission_denied` naming the TPM's refusal, and locks the lockout hierarchy itself, which
+/// the next attempt reports as `backend_unavailable`.
+#[test]
+fn unclean_power_cycles_lock_the_tpm_out_and_status_reports_it() {
+    let roles = format!(
+        "{DEFAULT_ROLES}\n[[roles]]\nname = \"signer\"\nunix_users = [\"nobody\"]\n\
+         ops = [\"sign\", \"status\"]\nkeys = [\"machine-sign\"]\n"
     );
+    let mut d = DaemonBuilder::new()
+        .with_tpm()
+        .extra(MACHINE_SIGN)
+        .roles(&roles)
+        .dir_mode(0o755)
+        .server(&["socket_mode = \"0666\""])
+        .prepare();
+    let tcti = d.swtpm().expect("swtpm").tcti().to_owned();
+    // Two failures lock it out; nothing heals during the test; then the lockout hierarchy gets
+    // an authorization of its own.
+    tpm2_tool(
+        &tcti,
+        "tpm2_dictionarylockout",
+        &[
+            "--setup-parameters",
+            "--max-tries=2",
+            "--recovery-time=600",
+            "--lockout-recovery-time=600",
+        ],
+    );
+    tpm2_tool(&tcti, "tpm2_changeauth", &["-c", "lockout", LOCKOUT_AUTH]);
+    // The file as an administrator writes it for tpm2-tools: with a trailing newline.
+    let auth_file = d.dir().join("lockout.auth");
+    std::fs::write(&auth_file, format!("{LOCKOUT_AUTH}\n")).unwrap();
+    let wrong_file = d.dir().join("wrong.auth");
+    std::fs::write(&wrong_file, "not-the-lockout-pass\n").unwrap();
+    for f in [&auth_file, &wrong_file] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     d.spawn();
     d.wait_ready(READY_TIMEOUT);
     let pem = d.dir().join("pub.pem");
@@ -363,11 +393,14 @@ fn unclean_power_cycles_lock_the_tpm_out_and_status_reports_it() {
                 "cycle {cycle}: {}",
                 text(&r)
             );
-            assert!(
-                text(&r).contains("dictionary-attack lockout"),
-                "{}",
-                text(&r)
-            );
+            // The error names the lockout, when it clears by itself, and the way out.
+            for part in [
+                "dictionary-attack lockout",
+                "one forgotten every 600 s: it clears by itself within about",
+                "custody tpm clear-lockout",
+            ] {
+                assert!(text(&r).contains(part), "{part:?} in {}", text(&r));
+            }
             locked = true;
             break;
         }
@@ -383,20 +416,100 @@ fn unclean_power_cycles_lock_the_tpm_out_and_status_reports_it() {
         tpm_status(&d)
     );
 
-    // Recovery: the administrator clears the lockout (the daemon is stopped so the tool can
-    // reach the simulator's single connection; a real TPM's resource manager needs no stop).
-    assert_eq!(d.terminate().code(), Some(0));
-    let tcti = d.swtpm().expect("swtpm").tcti().to_owned();
-    let out = run_with_timeout(
-        Command::new("tpm2_dictionarylockout")
-            .arg("--clear-lockout")
-            .env("TPM2TOOLS_TCTI", &tcti)
-            .env("TSS2_LOG", "all+none"),
-        30 * SEC,
+    // A uid whose role does not grant `tpm.clear-lockout` is refused before the TPM is asked.
+    let (_, out) = d.cli_as(
+        "nobody",
+        "nogroup",
+        &[
+            "tpm",
+            "clear-lockout",
+            "--lockout-auth-file",
+            path_str(&auth_file),
+        ],
     );
-    assert!(out.status.success(), "clear-lockout: {}", text(&out));
-    d.restart();
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code_of(proto::ErrorCode::PermissionDenied)),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("TPM refused"), "{}", text(&out));
+    assert!(tpm_status(&d).contains("lockout YES"));
+
+    // Recovery: the administrator clears the lockout while the daemon serves.
+    let r = cli_json(
+        &d,
+        &[
+            "tpm",
+            "clear-lockout",
+            "--lockout-auth-file",
+            path_str(&auth_file),
+        ],
+    );
+    assert_eq!(r["counter"], 0, "{r}");
+    assert_eq!(r["max_tries"], 2, "{r}");
+    assert_eq!(r["in_lockout"], false, "{r}");
+    assert_eq!(r["lockout_recovery_seconds"], 600, "{r}");
     let s = tpm_status(&d);
     assert!(s.contains("0 of 2 failures, lockout no"), "{s}");
     sign_and_verify(&d, "after-clear");
+    let da = da_state(&tcti);
+    assert_eq!((da.counter, da.in_lockout), (0, false), "{da:?}");
+
+    // A wrong lockout authorization: refused by the TPM, said so...
+    let out = d.cli(&[
+        "tpm",
+        "clear-lockout",
+        "--lockout-auth-file",
+        path_str(&wrong_file),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code_of(proto::ErrorCode::PermissionDenied)),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("the TPM refused the lockout authorization")
+            && text(&out).contains("for 600 s"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("not-the-lockout-pass"));
+    // ...and the lockout hierarchy is now locked itself, even for the right authorization.
+    let out = d.cli(&[
+        "tpm",
+        "clear-lockout",
+        "--lockout-auth-file",
+        path_str(&auth_file),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code_of(proto::ErrorCode::BackendUnavailable)),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("lockout hierarchy is locked"),
+        "{}",
+        text(&out)
+    );
+    // Keys are not affected by the lockout hierarchy's own lockout.
+    sign_and_verify(&d, "after-wrong-auth");
+    // Neither authorization reached a log.
+    let places = [
+        ("the daemon's log (stderr)", d.stderr().into_bytes()),
+        ("the audit log", std::fs::read(d.audit_path()).unwrap()),
+        ("the CLI's stderr", d.cli_stderr().into_bytes()),
+    ];
+    assert_no_secrets(
+        &places,
+        &[
+            (
+                "the lockout authorization",
+                LOCKOUT_AUTH.as_bytes().to_vec(),
+            ),
+            ("the wrong authorization", b"not-the-lockout-pass".to_vec()),
+        ],
+    );
 }

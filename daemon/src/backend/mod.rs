@@ -310,6 +310,22 @@ pub struct Health {
     pub detail: String,
 }
 
+/// A TPM's dictionary-attack state (its variable properties).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DaState {
+    /// Failures counted now (`TPM_PT_LOCKOUT_COUNTER`).
+    pub counter: u32,
+    /// Failures that put the TPM into lockout (`TPM_PT_MAX_AUTH_FAIL`).
+    pub max_tries: u32,
+    /// `TPMA_PERMANENT.inLockout`.
+    pub in_lockout: bool,
+    /// Seconds after which one failure is forgotten (`TPM_PT_LOCKOUT_INTERVAL`).
+    pub interval: u32,
+    /// Seconds the lockout hierarchy stays locked after a wrong lockout authorization
+    /// (`TPM_PT_LOCKOUT_RECOVERY`).
+    pub lockout_recovery: u32,
+}
+
 /// Errors a backend reports; mapped to wire error codes by the operation layer.
 ///
 /// Messages never contain key material or plaintext.
@@ -330,6 +346,10 @@ pub enum BackendError {
     /// The input is malformed for this operation (e.g. ciphertext of the wrong length).
     #[error("bad input: {0}")]
     BadInput(String),
+    /// The device refused an authorization value the request carried (a wrong TPM lockout
+    /// authorization).
+    #[error("refused by the backend: {0}")]
+    Refused(String),
     /// Anything else; the message says what.
     #[error("backend error: {0}")]
     Internal(String),
@@ -464,6 +484,16 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Destroys the key object in the device (irreversible).
     fn destroy(&self, key: &KeyRef<'_>) -> Result<(), BackendError>;
+
+    /// Leaves dictionary-attack lockout (TPM2_DictionaryAttackLockReset) with the lockout
+    /// hierarchy's authorization value; returns the state read back afterwards.
+    fn clear_lockout(&self, lockout_auth: &[u8]) -> Result<DaState, BackendError> {
+        let _ = lockout_auth;
+        Err(unsupported(
+            self.kind(),
+            "clearing a dictionary-attack lockout",
+        ))
+    }
 }
 
 fn unsupported(backend: BackendKind, what: &str) -> BackendError {

@@ -14,6 +14,7 @@ mod keyuse;
 mod public;
 mod rewrap;
 mod sign;
+mod tpm;
 mod zk;
 
 use std::sync::Arc;

@@ -32,6 +32,8 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     // Share segments of the zk pools are made in the background, after ready.
     crate::ops::warm_pools(&app);
+    // Freed heap memory goes back to the system now and then (see `memory`).
+    crate::memory::start_trimming();
 
     let (notify_tx, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);

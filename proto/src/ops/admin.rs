@@ -4,10 +4,12 @@ use serde::{Deserialize, Serialize};
 
 /// `admin.backup` arguments (none).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BackupArgs {}
 
 /// `admin.backup` result: a consistent copy of the key registry, taken while the daemon serves.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BackupResult {
     /// The registry as an SQLite database file (made with SQLite's online backup API). It holds
     /// only public data and secrets wrapped by HSM master keys.

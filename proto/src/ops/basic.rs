@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// `hello` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct HelloArgs {
     /// Protocol version the client speaks.
     pub version: u32,
@@ -16,6 +17,7 @@ pub struct HelloArgs {
 
 /// `hello` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct HelloResult {
     /// The version both sides now speak.
     pub version: u32,
@@ -29,6 +31,7 @@ pub struct HelloResult {
 
 /// `ping` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct PingArgs {
     /// Bytes to echo back (at most 1 KiB).
     #[serde(default, with = "serde_bytes")]
@@ -37,6 +40,7 @@ pub struct PingArgs {
 
 /// `ping` result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct PingResult {
     /// The bytes sent.
     #[serde(with = "serde_bytes")]
@@ -45,10 +49,12 @@ pub struct PingResult {
 
 /// `status` arguments (none).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct StatusArgs {}
 
 /// Health of one backend.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BackendStatus {
     /// `tpm`, `pkcs11` or `wrapped`.
     pub name: String,
@@ -60,6 +66,7 @@ pub struct BackendStatus {
 
 /// Per-op counters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct OpCounter {
     /// Successful requests.
     pub ok: u64,
@@ -69,6 +76,7 @@ pub struct OpCounter {
 
 /// `status` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct StatusResult {
     /// Server name and version.
     pub server: String,
@@ -89,6 +97,7 @@ pub struct StatusResult {
 
 /// Counters of the daemon's backend scheduler (worker threads fed by per-uid queues).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct SchedulerStatus {
     /// Worker threads.
     pub workers: u64,

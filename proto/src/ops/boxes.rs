@@ -15,13 +15,15 @@ use zeroize::Zeroize;
 use super::KeyInfo;
 use crate::error::WireError;
 
-/// A password as it travels in `box.derive`: UTF-8 bytes, zeroized on drop, never printed.
+/// A secret as it travels: `box.derive`'s password (UTF-8 bytes), `tpm.clear-lockout`'s
+/// authorization value (raw bytes). Zeroized on drop, never printed.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(transparent)]
 pub struct Password(#[serde(with = "serde_bytes")] Vec<u8>);
 
 impl Password {
-    /// A password from its UTF-8 bytes.
+    /// A secret from its bytes.
     pub fn new(bytes: Vec<u8>) -> Self {
         Password(bytes)
     }
@@ -46,6 +48,7 @@ impl fmt::Debug for Password {
 
 /// `box.seal` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BoxSealArgs {
     /// Recipient X25519 public key (32 bytes).
     #[serde(with = "serde_bytes")]
@@ -57,6 +60,7 @@ pub struct BoxSealArgs {
 
 /// A sealed message: `box.seal` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BoxSealResult {
     /// `nonce(24) ‖ tag(16) ‖ ciphertext`.
     #[serde(with = "serde_bytes")]
@@ -68,6 +72,7 @@ pub struct BoxSealResult {
 
 /// `box.open` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BoxOpenArgs {
     /// Key name (an `x25519` key).
     pub key: String,
@@ -84,6 +89,7 @@ pub struct BoxOpenArgs {
 
 /// `box.reencrypt` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BoxReencryptArgs {
     /// Key name (an `x25519` key the content is sealed to).
     pub key: String,
@@ -107,6 +113,7 @@ pub struct BoxReencryptArgs {
 
 /// `box.reencrypt` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BoxReencryptResult {
     /// Key name.
     pub key: String,
@@ -124,6 +131,7 @@ pub struct BoxReencryptResult {
 
 /// One credential of a `box.reencrypt.batch`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BoxReencryptItem {
     /// The encryptor's public key (32 bytes).
     #[serde(with = "serde_bytes")]
@@ -138,6 +146,7 @@ pub struct BoxReencryptItem {
 
 /// `box.reencrypt.batch` arguments: many credentials for one grantee.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BoxReencryptBatchArgs {
     /// Key name (an `x25519` key).
     pub key: String,
@@ -154,6 +163,7 @@ pub struct BoxReencryptBatchArgs {
 /// One result of a `box.reencrypt.batch`: `content`, `encryptor_public_key` and
 /// `content_hash`, or `err`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BoxReencrypted {
     /// The new content.
     #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
@@ -171,6 +181,7 @@ pub struct BoxReencrypted {
 
 /// `box.reencrypt.batch` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BoxReencryptBatchResult {
     /// Key name.
     pub key: String,
@@ -182,6 +193,7 @@ pub struct BoxReencryptBatchResult {
 
 /// `box.derive` arguments: idOS's password-derived X25519 key.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BoxDeriveArgs {
     /// The user id: a UUID in hyphenated text form, used as given (UTF-8) as the scrypt salt.
     pub salt: String,
@@ -200,6 +212,7 @@ pub struct BoxDeriveArgs {
 
 /// `box.derive` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BoxDeriveResult {
     /// The derived X25519 public key (32 bytes).
     #[serde(with = "serde_bytes")]

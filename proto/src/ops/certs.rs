@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// `keys.cert` arguments: a certificate for a version's public key, signed inside the TPM/HSM by
 /// the issuer key (exactly one of `issuer` and `self_signed`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct CertArgs {
     /// Key whose version gets the certificate.
     pub name: String,
@@ -30,6 +31,7 @@ pub struct CertArgs {
 
 /// A certificate on a key version.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct CertResult {
     /// Key name.
     pub name: String,
@@ -45,6 +47,7 @@ pub struct CertResult {
 
 /// `keys.csr` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct CsrArgs {
     /// An `rsa2048-sign` key.
     pub name: String,
@@ -57,6 +60,7 @@ pub struct CsrArgs {
 
 /// `keys.csr` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct CsrResult {
     /// Key name.
     pub name: String,
@@ -69,6 +73,7 @@ pub struct CsrResult {
 
 /// `keys.cert-import` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct CertImportArgs {
     /// Key whose version gets the certificate.
     pub name: String,
@@ -82,6 +87,7 @@ pub struct CertImportArgs {
 
 /// `keys.cert-export` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct CertExportArgs {
     /// Key name.
     pub name: String,
@@ -95,17 +101,20 @@ pub struct CertExportArgs {
 
 /// `keys.cert-export` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct CertExportResult {
     /// Key name.
     pub name: String,
     /// Version.
     pub version: u32,
     /// DER certificates: the version's newest first, then (with `chain`) its issuer's, and so on.
+    #[cfg_attr(feature = "arbitrary", arbitrary(with = super::arbitrary_byte_bufs))]
     pub certificates: Vec<serde_bytes::ByteBuf>,
 }
 
 /// `keys.import` arguments: a public-only key (backend `external`) for an outside recipient.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct KeyImportArgs {
     /// Key name; importing again adds a version.
     pub name: String,

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// `decrypt` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct DecryptArgs {
     /// Key name (an `rsa2048-oaep` key).
     pub key: String,
@@ -20,6 +21,7 @@ pub struct DecryptArgs {
 
 /// `decrypt` / `unwrap` / `envelope.open` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct PlaintextResult {
     /// Key name.
     pub key: String,
@@ -32,6 +34,7 @@ pub struct PlaintextResult {
 
 /// `unwrap` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct UnwrapArgs {
     /// Key name (an `rsa2048-oaep` key).
     pub key: String,

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// `envelope.seal` arguments: exactly one of `key` and `public_key`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct SealArgs {
     /// Key name (current version of an `rsa2048-oaep` key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -18,6 +19,7 @@ pub struct SealArgs {
 
 /// `envelope.seal` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct SealResult {
     /// The `VER_R2` envelope, raw bytes.
     #[serde(with = "serde_bytes")]
@@ -32,6 +34,7 @@ pub struct SealResult {
 
 /// `envelope.open` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct OpenArgs {
     /// Key name; the version is chosen by the thumbprint inside the envelope.
     pub key: String,
@@ -42,6 +45,7 @@ pub struct OpenArgs {
 
 /// `rewrap` arguments: exactly one of `to_key` and `to_public_key`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct RewrapArgs {
     /// Key that can open `input` now.
     pub key: String,
@@ -58,6 +62,7 @@ pub struct RewrapArgs {
 
 /// `rewrap` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct RewrapResult {
     /// `envelope` or `wrapped_key`: what `input` was and `output` is.
     pub form: String,

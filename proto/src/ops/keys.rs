@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// `keys.create` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct KeyCreateArgs {
     /// Key name: 1–64 characters of `A-Za-z0-9._-`.
     pub name: String,
@@ -27,6 +28,7 @@ pub struct KeyCreateArgs {
 
 /// Arguments naming a key.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct KeyNameArgs {
     /// Key name.
     pub name: String,
@@ -34,6 +36,7 @@ pub struct KeyNameArgs {
 
 /// Arguments naming a key version.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct KeyVersionArgs {
     /// Key name.
     pub name: String,
@@ -43,10 +46,12 @@ pub struct KeyVersionArgs {
 
 /// `keys.list` arguments (none).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct KeyListArgs {}
 
 /// One version of a key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct VersionInfo {
     /// Version number, from 1.
     pub version: u32,
@@ -71,6 +76,7 @@ pub struct VersionInfo {
 
 /// One thumbprint of a key version and what it is over.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ThumbprintInfo {
     /// SHA-256 over `over`.
     #[serde(with = "serde_bytes")]
@@ -90,6 +96,7 @@ pub struct ThumbprintInfo {
 
 /// A key and its versions.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct KeyInfo {
     /// Key name.
     pub name: String,
@@ -107,6 +114,7 @@ pub struct KeyInfo {
 
 /// `keys.list` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct KeyListResult {
     /// All keys, by name.
     pub keys: Vec<KeyInfo>,
@@ -114,6 +122,7 @@ pub struct KeyListResult {
 
 /// `keys.public` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct PublicKeyArgs {
     /// Key name.
     pub name: String,
@@ -127,6 +136,7 @@ pub struct PublicKeyArgs {
 
 /// `keys.public` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct PublicKeyResult {
     /// Key name.
     pub name: String,

@@ -14,6 +14,7 @@ mod decrypt;
 mod envelope;
 mod keys;
 mod sign;
+mod tpm;
 mod zk;
 
 pub use admin::*;
@@ -24,6 +25,7 @@ pub use decrypt::*;
 pub use envelope::*;
 pub use keys::*;
 pub use sign::*;
+pub use tpm::*;
 pub use zk::*;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -68,6 +70,15 @@ impl<'a> Access<'a> {
     pub fn keyless(right: &'static str) -> Self {
         Access { right, key: None }
     }
+}
+
+/// Arbitrary `Vec<ByteBuf>` (serde_bytes has no `Arbitrary`).
+#[cfg(feature = "arbitrary")]
+fn arbitrary_byte_bufs(
+    u: &mut arbitrary::Unstructured<'_>,
+) -> arbitrary::Result<Vec<serde_bytes::ByteBuf>> {
+    let v: Vec<Vec<u8>> = u.arbitrary()?;
+    Ok(v.into_iter().map(serde_bytes::ByteBuf::from).collect())
 }
 
 fn exactly_one(a: bool, b: bool, what: &str) -> Result<(), WireError> {
@@ -227,6 +238,10 @@ macro_rules! for_each_op {
                     Access::on(ZkImportMosip::NAME, &a.pool),
                     Access::on(ZkImportMosip::NAME, &a.master),
                 ]));
+            // Touches no key: the right is the op itself (an administrator's).
+            (TpmClearLockout, tpm_clear_lockout, TPM_CLEAR_LOCKOUT, "tpm.clear-lockout",
+                TpmClearLockoutArgs, TpmClearLockoutResult,
+                |_a| Ok(vec![Access::keyless(TpmClearLockout::NAME)]));
         }
     };
 }

@@ -6,6 +6,7 @@ use crate::error::WireError;
 
 /// `sign` arguments: exactly one of `data` and `digest`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct SignArgs {
     /// Key name.
     pub key: String,
@@ -22,6 +23,7 @@ pub struct SignArgs {
 
 /// `sign` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct SignResult {
     /// Key name.
     pub key: String,
@@ -34,10 +36,12 @@ pub struct SignResult {
 
 /// `sign.batch` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct SignBatchArgs {
     /// Key name.
     pub key: String,
     /// SHA-256 digests, 32 bytes each (at most 1024 items).
+    #[cfg_attr(feature = "arbitrary", arbitrary(with = super::arbitrary_byte_bufs))]
     pub digests: Vec<serde_bytes::ByteBuf>,
     /// `pkcs1v15` (default) or `pss`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,6 +50,7 @@ pub struct SignBatchArgs {
 
 /// One item of a batch result: `signature` or `err`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct BatchItem {
     /// Signature, on success.
     #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
@@ -57,6 +62,7 @@ pub struct BatchItem {
 
 /// `sign.batch` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct SignBatchResult {
     /// Key name.
     pub key: String,
@@ -68,6 +74,7 @@ pub struct SignBatchResult {
 
 /// `sign.jwt` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct SignJwtArgs {
     /// Key name (an `rsa2048-sign` key).
     pub key: String,
@@ -78,6 +85,7 @@ pub struct SignJwtArgs {
 
 /// `sign.jwt` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct SignJwtResult {
     /// Key name.
     pub key: String,

@@ -13,6 +13,7 @@ use zeroize::Zeroize;
 
 /// `zk.init` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkInitArgs {
     /// Pool name (same rules as key names; roles match it against their `keys` patterns).
     pub pool: String,
@@ -30,6 +31,7 @@ pub struct ZkInitArgs {
 
 /// `zk.show` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkShowArgs {
     /// Pool name.
     pub pool: String,
@@ -40,6 +42,7 @@ pub struct ZkShowArgs {
 
 /// Pool keys wrapped under one master version.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkMasterCount {
     /// Master key version.
     pub version: u32,
@@ -49,6 +52,7 @@ pub struct ZkMasterCount {
 
 /// A pool: `zk.init`, `zk.show`, `zk.rotate-master` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkPoolInfo {
     /// Pool name.
     pub pool: String,
@@ -88,6 +92,7 @@ pub struct ZkPoolInfo {
 
 /// One attribute: MOSIP's `{identifier, value}`.
 #[derive(Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkAttribute {
     /// The attribute's name (free text, returned as given).
     pub identifier: String,
@@ -114,6 +119,7 @@ impl Zeroize for ZkAttribute {
 /// `zk.encrypt` and `zk.decrypt` arguments. Their `Debug` shows neither the id (knowing it is
 /// what lets one decrypt) nor the values.
 #[derive(Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkCryptArgs {
     /// Pool name.
     pub pool: String,
@@ -135,6 +141,7 @@ impl std::fmt::Debug for ZkCryptArgs {
 
 /// `zk.encrypt` result: MOSIP's `zkEncrypt` response.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkEncryptResult {
     /// The pool index used for every attribute (MOSIP's `rankomKeyIndex`).
     pub index: u32,
@@ -147,6 +154,7 @@ pub struct ZkEncryptResult {
 
 /// `zk.decrypt` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkDecryptResult {
     /// The plaintexts, in request order.
     pub attributes: Vec<ZkAttribute>,
@@ -154,6 +162,7 @@ pub struct ZkDecryptResult {
 
 /// `zk.share` arguments: exactly one of `to` and `to_public_key`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkShareArgs {
     /// Pool name.
     pub pool: String,
@@ -169,6 +178,7 @@ pub struct ZkShareArgs {
 
 /// `zk.share` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkShareResult {
     /// The share segment: `base64url(thumbprint ‖ RSA-OAEP-SHA256(ZKn))`.
     pub share: String,
@@ -182,6 +192,7 @@ pub struct ZkShareResult {
 
 /// `zk.import` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkImportArgs {
     /// The (IDA-side) pool to store the key in, under its master (K18).
     pub pool: String,
@@ -196,6 +207,7 @@ pub struct ZkImportArgs {
 
 /// `zk.import` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkImportResult {
     /// The index.
     pub index: u32,
@@ -210,6 +222,7 @@ pub struct ZkImportResult {
 
 /// `zk.rotate-master` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkPoolArgs {
     /// Pool name.
     pub pool: String,
@@ -217,6 +230,7 @@ pub struct ZkPoolArgs {
 
 /// `zk.import-mosip` arguments.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkImportMosipArgs {
     /// Pool name; created (size 0, under `master`) when it does not exist.
     pub pool: String,
@@ -229,6 +243,7 @@ pub struct ZkImportMosipArgs {
 
 /// `zk.import-mosip` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct ZkImportMosipResult {
     /// Pool name.
     pub pool: String,
@@ -240,6 +255,7 @@ pub struct ZkImportMosipResult {
 
 /// `keys.adopt` arguments: exactly one of `label` and `id`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary, PartialEq))]
 pub struct KeyAdoptArgs {
     /// Name to register the key under.
     pub name: String,

@@ -20,7 +20,11 @@ pub fn server(code: ErrorCode) -> (u8, &'static str) {
         ErrorCode::BadRequest => (10, "the request is malformed (a missing or bad argument)"),
         ErrorCode::UnsupportedVersion => (11, "the daemon does not speak this protocol version"),
         ErrorCode::UnknownOp => (12, "the daemon does not know this operation"),
-        ErrorCode::PermissionDenied => (13, "no role of yours allows this operation on this key"),
+        ErrorCode::PermissionDenied => (
+            13,
+            "no role of yours allows this operation on this key (or the TPM refused the \
+             authorization value given)",
+        ),
         ErrorCode::NotFound => (14, "no such key or key version"),
         ErrorCode::AlreadyExists => (15, "a key with that name already exists"),
         ErrorCode::KeyExpired => (16, "the current version expired and auto-rotation is off"),

@@ -16,6 +16,7 @@ mod exit;
 mod io;
 mod keys;
 mod sign;
+mod tpm;
 mod zk;
 
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ enum Cmd {
     /// Operate the daemon (backup).
     #[command(subcommand)]
     Admin(admin::Cmd),
+    /// Operate the TPM (clear-lockout: end a dictionary-attack lockout).
+    #[command(subcommand)]
+    Tpm(tpm::Cmd),
     /// Check an audit file's hash chain and checkpoint signatures (offline: no daemon needed).
     #[command(subcommand)]
     Audit(audit::Cmd),
@@ -176,6 +180,7 @@ fn run(c: &BlockingClient, json: bool, cmd: Cmd) -> Out {
         Cmd::Box(cmd) => box_::run(c, json, cmd),
         Cmd::Zk(cmd) => zk::run(c, json, cmd),
         Cmd::Admin(cmd) => admin::run(c, json, cmd),
+        Cmd::Tpm(cmd) => tpm::run(c, json, cmd),
         Cmd::GenerateAssets { .. } | Cmd::Audit(_) => Ok(()),
     }
 }

@@ -97,7 +97,7 @@ pub fn map(what: &str, e: &tss_esapi::Error) -> BackendError {
             " — the TPM is in dictionary-attack lockout: it refuses keys protected against \
              dictionary attacks (MOSIP's templates) until it forgets failures (see `custody \
              status`: counter, lockout interval and recovery) or an administrator clears it \
-             with the lockout authorization (`tpm2_dictionarylockout --clear-lockout`)",
+             with the lockout authorization (`custody tpm clear-lockout`)",
         );
     }
     match classify(e) {

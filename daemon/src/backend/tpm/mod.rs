@@ -20,6 +20,8 @@
 
 mod error;
 mod keys;
+#[allow(unsafe_code)]
+mod lockout;
 mod ops;
 mod templates;
 mod worker;
@@ -39,8 +41,8 @@ use self::{
     worker::{Request, Worker},
 };
 use super::{
-    Backend, BackendError, BackendKind, CreatedKey, Health, KeyKind, KeyRef, NewKey, PublicKeyInfo,
-    SignScheme,
+    Backend, BackendError, BackendKind, CreatedKey, DaState, Health, KeyKind, KeyRef, NewKey,
+    PublicKeyInfo, SignScheme,
 };
 
 pub use self::keys::PERSISTENT_RANGE;
@@ -302,5 +304,17 @@ impl Backend for TpmBackend {
     fn destroy(&self, key: &KeyRef<'_>) -> Result<(), BackendError> {
         let key = self.parse(key.object)?;
         self.call("destroy", move |w| w.op_destroy(key))
+    }
+
+    fn clear_lockout(&self, lockout_auth: &[u8]) -> Result<DaState, BackendError> {
+        if lockout_auth.len() > lockout::MAX_AUTH {
+            return Err(BackendError::BadInput(format!(
+                "a TPM authorization value is at most {} bytes, got {}",
+                lockout::MAX_AUTH,
+                lockout_auth.len()
+            )));
+        }
+        let auth = Zeroizing::new(lockout_auth.to_vec());
+        self.call("lockout reset", move |w| w.op_clear_lockout(&auth))
     }
 }

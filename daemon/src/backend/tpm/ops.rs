@@ -23,11 +23,11 @@ use super::{
         check_fingerprint, fingerprint, public_info, KeyAuth, MosipKey, RsaFacts, TpmRef,
         PERSISTENT_RANGE,
     },
-    templates,
+    lockout, templates,
     worker::Worker,
 };
 use crate::backend::{
-    BackendError, CreatedKey, Health, KeyKind, PublicKeyInfo, SignScheme, Template,
+    BackendError, CreatedKey, DaState, Health, KeyKind, PublicKeyInfo, SignScheme, Template,
 };
 
 /// RSA-2048 modulus / signature / ciphertext length in bytes.
@@ -102,19 +102,7 @@ impl Worker {
                 .map_err(|e| BackendError::Unavailable(describe(&e)))?;
             // Dictionary-attack state: a TPM in lockout refuses every DA-protected key
             // (MOSIP's templates are) until it recovers or is cleared.
-            let da = ctx
-                .execute_without_session(|c| {
-                    c.get_capability(
-                        tss_esapi::constants::CapabilityType::TpmProperties,
-                        tss_esapi::constants::PropertyTag::Permanent.into(),
-                        18,
-                    )
-                })
-                .ok()
-                .and_then(|(data, _)| match data {
-                    tss_esapi::structures::CapabilityData::TpmProperties(p) => Some(da_line(&p)),
-                    _ => None,
-                });
+            let da = da_state(ctx).map(|s| da_line(&s));
             // Objects loaded in the TPM's transient slots now: a leak shows here.
             let transient = ctx
                 .execute_without_session(|c| {
@@ -450,6 +438,54 @@ impl Worker {
         }
     }
 
+    /// TPM2_DictionaryAttackLockReset with the lockout authorization `auth`, then the
+    /// dictionary-attack state read back.
+    pub fn op_clear_lockout(&mut self, auth: &[u8]) -> Result<DaState, BackendError> {
+        // The reset runs on an ESYS context of its own (see `lockout`): a simulator serves one
+        // connection at a time, so ours goes first; the next request reconnects (and reloads
+        // the MOSIP primaries).
+        self.disconnect();
+        let res = lockout::reset(self.tcti(), auth);
+        let state = self.ctx().ok().and_then(da_state);
+        match res {
+            Ok(()) => {
+                tracing::info!(tcti = %self.tcti(), "dictionary-attack lockout cleared");
+                state.ok_or_else(|| {
+                    BackendError::Unavailable(
+                        "the lockout was cleared but the TPM's dictionary-attack state could \
+                         not be read back"
+                            .into(),
+                    )
+                })
+            }
+            Err(e) => {
+                let recovery = state.map_or("?".into(), |s| s.lockout_recovery.to_string());
+                match classify(&e) {
+                    Class::Tpm(Some(
+                        Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth,
+                    )) => {
+                        tracing::warn!(tcti = %self.tcti(), "wrong lockout authorization");
+                        Err(BackendError::Refused(format!(
+                            "the TPM refused the lockout authorization ({}); the lockout \
+                             hierarchy now refuses every authorization for {recovery} s \
+                             (lockout recovery; 0: until the TPM is reset)",
+                            describe(&e)
+                        )))
+                    }
+                    Class::Tpm(Some(Tss2ResponseCodeKind::Lockout)) => {
+                        Err(BackendError::Unavailable(format!(
+                            "the TPM's lockout hierarchy is locked after a wrong lockout \
+                             authorization ({}): it accepts one again {recovery} s after that \
+                             failure (lockout recovery; 0: only after the TPM is reset)",
+                            describe(&e)
+                        )))
+                    }
+                    _ => Err(self.fail("clearing the dictionary-attack lockout", e)),
+                }
+            }
+        }
+    }
+
     /// Evicts a persisted key; MOSIP primaries cannot be destroyed.
     pub fn op_destroy(&mut self, key: TpmRef) -> Result<(), BackendError> {
         match key {
@@ -491,24 +527,43 @@ fn tpm_label(label: &[u8]) -> Result<Data, BackendError> {
         .map_err(|_| BackendError::BadInput(format!("OAEP label too long ({} bytes)", label.len())))
 }
 
-/// `dictionary attack: N of M failures, lockout no|yes (one failure forgotten every Is,
-/// lockout recovery Rs)` from the TPM's variable properties.
-fn da_line(p: &tss_esapi::structures::TaggedTpmPropertyList) -> String {
+/// The TPM's dictionary-attack state from its variable properties (None when they cannot be
+/// read).
+pub(super) fn da_state(ctx: &mut tss_esapi::Context) -> Option<DaState> {
     use tss_esapi::constants::PropertyTag;
+    let (data, _) = ctx
+        .execute_without_session(|c| {
+            c.get_capability(
+                tss_esapi::constants::CapabilityType::TpmProperties,
+                PropertyTag::Permanent.into(),
+                18,
+            )
+        })
+        .ok()?;
+    let tss_esapi::structures::CapabilityData::TpmProperties(p) = data else {
+        return None;
+    };
     let get = |t: PropertyTag| p.find(t).map(|x| x.value());
-    // TPMA_PERMANENT bit 9: inLockout.
-    let locked = get(PropertyTag::Permanent).map(|v| v & (1 << 9) != 0);
+    Some(DaState {
+        counter: get(PropertyTag::LockoutCounter)?,
+        max_tries: get(PropertyTag::MaxAuthFail)?,
+        // TPMA_PERMANENT bit 9: inLockout.
+        in_lockout: get(PropertyTag::Permanent)? & (1 << 9) != 0,
+        interval: get(PropertyTag::LockoutInterval)?,
+        lockout_recovery: get(PropertyTag::LockoutRecovery)?,
+    })
+}
+
+/// `dictionary attack: N of M failures, lockout no|YES (one failure forgotten every Is,
+/// lockout recovery Rs)`.
+fn da_line(s: &DaState) -> String {
     format!(
         "dictionary attack: {} of {} failures, lockout {} (one failure forgotten every {} s, \
          lockout recovery {} s)",
-        get(PropertyTag::LockoutCounter).map_or("?".into(), |v| v.to_string()),
-        get(PropertyTag::MaxAuthFail).map_or("?".into(), |v| v.to_string()),
-        match locked {
-            Some(true) => "YES",
-            Some(false) => "no",
-            None => "?",
-        },
-        get(PropertyTag::LockoutInterval).map_or("?".into(), |v| v.to_string()),
-        get(PropertyTag::LockoutRecovery).map_or("?".into(), |v| v.to_string()),
+        s.counter,
+        s.max_tries,
+        if s.in_lockout { "YES" } else { "no" },
+        s.interval,
+        s.lockout_recovery,
     )
 }

@@ -179,6 +179,14 @@ impl Worker {
                 self.disconnect();
             }
             Class::Tpm(Some(Tss2ResponseCodeKind::Initialize)) => self.disconnect(),
+            Class::Tpm(Some(Tss2ResponseCodeKind::Lockout)) => {
+                let mut err = map(what, &e);
+                let state = self.ctx.as_mut().and_then(super::ops::da_state);
+                if let (BackendError::Unavailable(m), Some(s)) = (&mut err, state) {
+                    m.push_str(&lockout_eta(&s));
+                }
+                return err;
+            }
             _ => {}
         }
         map(what, &e)
@@ -363,4 +371,26 @@ impl Worker {
 
 fn c_flush(ctx: &mut Context, handle: ObjectHandle) -> tss_esapi::Result<()> {
     ctx.execute_without_session(|c| c.flush_context(handle))
+}
+
+/// When a TPM in dictionary-attack lockout leaves it by itself, for an error message.
+fn lockout_eta(s: &crate::backend::DaState) -> String {
+    if s.interval == 0 {
+        return format!(
+            "; {} of {} failures and failures are never forgotten (interval 0): only \
+             `custody tpm clear-lockout` ends it",
+            s.counter, s.max_tries
+        );
+    }
+    // It leaves lockout once the counter is below the maximum; one failure is forgotten every
+    // `interval` seconds.
+    let steps = u64::from(s.counter.saturating_sub(s.max_tries)) + 1;
+    format!(
+        "; {} of {} failures, one forgotten every {} s: it clears by itself within about {} s, \
+         or at once with `custody tpm clear-lockout`",
+        s.counter,
+        s.max_tries,
+        s.interval,
+        steps * u64::from(s.interval)
+    )
 }
