@@ -79,8 +79,9 @@ pub fn reset(tcti: &str, auth: &[u8]) -> Result<(), tss_esapi::Error> {
     check(unsafe { Esys_Initialize(&mut e.0, t.0, null_mut()) })?;
     let mut value = empty_auth();
     value.buffer[..auth.len()].copy_from_slice(auth);
-    value.size = auth.len() as u16; // at most MAX_AUTH, checked above
-                                    // SAFETY: `e.0` is a live ESYS context; `value` outlives the call, which copies it.
+    // At most MAX_AUTH (64), checked above.
+    value.size = auth.len() as u16;
+    // SAFETY: `e.0` is a live ESYS context; `value` outlives the call, which copies it.
     let set = check(unsafe { Esys_TR_SetAuth(e.0, ESYS_TR_RH_LOCKOUT, &value) });
     value.buffer.zeroize();
     set?;
