@@ -104,6 +104,10 @@ pub struct Fairness {
     pub flood_ok: u64,
     /// Flood requests answered busy or timed out.
     pub flood_refused: u64,
+    /// CPUs the daemon kept busy while the other uid's signatures were measured under the flood.
+    pub loaded_daemon_cpus: f64,
+    /// CPUs this process (the flood's clients and the prober) kept busy meanwhile.
+    pub loaded_client_cpus: f64,
 }
 
 /// Instruction counts per request (callgrind).
@@ -835,7 +839,13 @@ fn fairness(b: &Bench, spki: &[u8]) -> Fairness {
         },
     );
     std::thread::sleep(b.s.dur.min(Duration::from_millis(500)));
+    let (t0, d0, c0) = (Instant::now(), cpu_secs(Some(b.pid())), cpu_secs(None));
     let mut loaded = probe(b, samples);
+    let wall = t0.elapsed().as_secs_f64().max(1e-6);
+    let (daemon_cpus, client_cpus) = (
+        (cpu_secs(Some(b.pid())) - d0) / wall,
+        (cpu_secs(None) - c0) / wall,
+    );
     let counts: FloodCounts = flood.stop();
     let f = Fairness {
         flood_conns: conns,
@@ -847,6 +857,8 @@ fn fairness(b: &Bench, spki: &[u8]) -> Fairness {
         samples,
         flood_ok: counts.ok,
         flood_refused: counts.busy + counts.timed_out,
+        loaded_daemon_cpus: daemon_cpus,
+        loaded_client_cpus: client_cpus,
     };
     log(&format!("flood: {f:?}"));
     f

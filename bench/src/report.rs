@@ -673,10 +673,19 @@ fn reading(r: &Results, ts: &[Target]) -> String {
     if f.samples > 0 {
         let _ = write!(
             o,
-            "Under the flood the other uid's p99 went from {:.0} µs to {:.0} µs ({:.2} ×). ",
+            "Under the flood the other uid's p99 went from {:.0} µs to {:.0} µs ({:.2} ×) and its \
+             p50 from {:.0} µs to {:.0} µs; meanwhile the daemon kept {:.2} CPUs busy and the \
+             flood's clients {:.2}, of the machine's {}: the signature's own token work shares \
+             the CPUs with the flood's, which the scheduler orders fairly but cannot make \
+             faster. ",
             f.unloaded_p99_us,
             f.loaded_p99_us,
-            f.loaded_p99_us / f.unloaded_p99_us.max(1.0)
+            f.loaded_p99_us / f.unloaded_p99_us.max(1.0),
+            f.unloaded_p50_us,
+            f.loaded_p50_us,
+            f.loaded_daemon_cpus,
+            f.loaded_client_cpus,
+            std::thread::available_parallelism().map_or(0, usize::from),
         );
     }
     let _ = writeln!(
