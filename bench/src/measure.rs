@@ -206,6 +206,18 @@ pub fn ctx_switches(pid: u32) -> u64 {
         .sum()
 }
 
+/// Threads of process `pid` now (0 when it cannot be read).
+pub fn threads(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Resident set size of process `pid`, MiB.
 pub fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -258,6 +270,7 @@ mod tests {
         assert!(x > 0);
         assert!(cpu_secs(None) > t0);
         assert!(rss_mib(std::process::id()) > 0.0);
+        assert!(threads(std::process::id()) >= 1);
         let s0 = ctx_switches(std::process::id());
         std::thread::sleep(Duration::from_millis(5));
         assert!(ctx_switches(std::process::id()) > s0);

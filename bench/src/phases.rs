@@ -25,7 +25,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::measure::{
-    call_us, cpu_secs, ctx_switches, daemon_rate, direct_rate, median, percentile, rss_mib,
+    call_us, cpu_secs, ctx_switches, daemon_rate, direct_rate, median, percentile, rss_mib, threads,
 };
 use crate::{log, Settings};
 
@@ -75,10 +75,14 @@ impl Row {
     /// The highest daemon/direct ratio the CPUs allow when both paths keep every CPU busy:
     /// direct CPU per operation ÷ (daemon CPU + caller CPU per operation), the caller and the
     /// daemon sharing the same CPUs the direct threads have to themselves.
+    /// Only for rows that can keep every CPU busy (callers × in flight ≥ CPUs), and not for the
+    /// TPM, whose work is done by another process (swtpm).
     pub fn cpu_ceiling(&self) -> Option<f64> {
         let total = self.daemon_cpu_us + self.caller_cpu_us;
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         self.direct_cpu_us
             .filter(|_| total > 0.0)
+            .filter(|_| self.callers * self.depth >= cpus && !self.op.starts_with("TPM"))
             .map(|d| d / total)
     }
 }
@@ -136,6 +140,10 @@ pub struct Results {
     pub rss_warm_mib: f64,
     /// RSS after every daemon-vs-direct row (ping, HSM, Ed25519, boxes), MiB.
     pub rss_full_mib: f64,
+    /// The daemon's threads after the warm-up and after those rows.
+    pub threads_warm: u64,
+    /// …
+    pub threads_full: u64,
     /// RSS of the restarted daemon (after the stage timing and callgrind runs), MiB.
     pub rss_restart_mib: f64,
     /// RSS of that daemon after the zk rows, the TPM rows and the flood, MiB.
@@ -460,6 +468,7 @@ pub fn run(s: &Settings) -> Results {
         ));
         if n == 1 {
             res.rss_warm_mib = rss_mib(b.pid());
+            res.threads_warm = threads(b.pid());
             res.direct_sign_us = rows.last().and_then(|r| r.direct).map_or(0.0, |d| 1e6 / d);
         }
     }
@@ -664,6 +673,7 @@ pub fn run(s: &Settings) -> Results {
     // callgrind) on restarted daemons, before the zk pool exists: its background share warm-up
     // after a start would be counted too.
     res.rss_full_mib = rss_mib(b.pid());
+    res.threads_full = threads(b.pid());
     if !s.only.is_empty() {
         if s.only.iter().any(|o| o.contains("zk")) {
             zk_rows(&b, &p11, &mut res);

@@ -335,6 +335,11 @@ pub fn markdown(r: &Results, s: &Settings) -> String {
     );
     let _ = writeln!(
         o,
+        "| the daemon's threads after warm-up → after those rows | {} → {} |",
+        r.threads_warm, r.threads_full
+    );
+    let _ = writeln!(
+        o,
         "| RSS of the restarted daemon, then after the zk and TPM rows and the flood | {:.1} → \
          {:.1} MiB |",
         r.rss_restart_mib, r.rss_flood_mib
@@ -669,6 +674,18 @@ fn reading(r: &Results, ts: &[Target]) -> String {
             switches.join(", ")
         );
     }
+    let growth = r.rss_full_mib / r.rss_warm_mib.max(0.001);
+    if growth > 1.2 {
+        let _ = write!(
+            o,
+            "RSS grew {growth:.2} × from warm-up ({:.1} → {:.1} MiB) while the daemon's threads \
+             went from {} to {}: backend work runs on whichever runtime thread read the request, \
+             each thread that allocates gets a glibc arena that keeps its freed memory, and a \
+             stack; custodyd returns free arena pages every 10 s (daemon/src/memory.rs, where \
+             the live heap measured with heaptrack is given). ",
+            r.rss_warm_mib, r.rss_full_mib, r.threads_warm, r.threads_full
+        );
+    }
     let f = &r.fairness;
     if f.samples > 0 {
         let _ = write!(
@@ -777,6 +794,8 @@ pub fn json(r: &Results, s: &Settings) -> String {
         "rss_idle_mib": r.rss_idle_mib,
         "rss_warm_mib": r.rss_warm_mib,
         "rss_full_mib": r.rss_full_mib,
+        "threads_warm": r.threads_warm,
+        "threads_full": r.threads_full,
         "rss_restart_mib": r.rss_restart_mib,
         "rss_flood_mib": r.rss_flood_mib,
         "pool_keys": r.pool_keys,
