@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::phases::{Results, Row};
 use crate::Settings;
 
-use custody_bench::reference::{self, NOISE_LIMIT};
+use custody_bench::reference::{self, rate, NOISE_LIMIT};
 
 fn find<'a>(r: &'a Results, op: &str, callers: usize, depth: usize) -> Option<&'a Row> {
     r.rows
@@ -29,20 +29,7 @@ fn direct_off(r: &Results) -> Vec<(usize, f64, f64)> {
 
 /// True when a direct HSM sign rate is more than [`NOISE_LIMIT`] off the reference.
 pub fn is_noisy(r: &Results) -> bool {
-    direct_off(r)
-        .iter()
-        .any(|(_, d, reference)| (d / reference - 1.0).abs() > NOISE_LIMIT)
-}
-
-fn rate(r: f64) -> String {
-    let s = (r.round() as u64).to_string();
-    let mut groups: Vec<&str> = s
-        .as_bytes()
-        .rchunks(3)
-        .map(|g| std::str::from_utf8(g).unwrap_or("?"))
-        .collect();
-    groups.reverse();
-    format!("{}/s", groups.join(","))
+    reference::off_reference(&direct_off(r))
 }
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
@@ -708,16 +695,7 @@ fn reading(r: &Results, ts: &[Target]) -> String {
     let _ = writeln!(
         o,
         "Direct HSM sign rates against the reference machine's: {}.",
-        direct_off(r)
-            .iter()
-            .map(|(n, d, reference)| format!(
-                "{n} thread(s) {} vs {} ({:+.0}%)",
-                rate(*d),
-                rate(*reference),
-                (d / reference - 1.0) * 100.0
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
+        reference::against_reference(&direct_off(r), "thread(s)")
     );
     o
 }

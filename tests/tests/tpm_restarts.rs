@@ -94,6 +94,16 @@ fn path_str(p: &Path) -> &str {
 
 /// Signs `data` with `machine-sign` through the CLI and verifies the signature with openssl
 /// against `pub.pem` (exported once, so the key is also the same one after every restart).
+/// The CLI arguments of `custody tpm clear-lockout` with the authorization in `file`.
+fn clear_lockout(file: &Path) -> [&str; 4] {
+    [
+        "tpm",
+        "clear-lockout",
+        "--lockout-auth-file",
+        path_str(file),
+    ]
+}
+
 fn sign_and_verify(d: &Daemon, tag: &str) {
     let dir = d.dir().to_path_buf();
     let data = dir.join(format!("data.{tag}"));
@@ -417,16 +427,7 @@ fn unclean_power_cycles_lock_the_tpm_out_and_status_reports_it() {
     );
 
     // A uid whose role does not grant `tpm.clear-lockout` is refused before the TPM is asked.
-    let (_, out) = d.cli_as(
-        "nobody",
-        "nogroup",
-        &[
-            "tpm",
-            "clear-lockout",
-            "--lockout-auth-file",
-            path_str(&auth_file),
-        ],
-    );
+    let (_, out) = d.cli_as("nobody", "nogroup", &clear_lockout(&auth_file));
     assert_eq!(
         out.status.code(),
         Some(exit_code_of(proto::ErrorCode::PermissionDenied)),
@@ -437,15 +438,7 @@ fn unclean_power_cycles_lock_the_tpm_out_and_status_reports_it() {
     assert!(tpm_status(&d).contains("lockout YES"));
 
     // Recovery: the administrator clears the lockout while the daemon serves.
-    let r = cli_json(
-        &d,
-        &[
-            "tpm",
-            "clear-lockout",
-            "--lockout-auth-file",
-            path_str(&auth_file),
-        ],
-    );
+    let r = cli_json(&d, &clear_lockout(&auth_file));
     assert_eq!(r["counter"], 0, "{r}");
     assert_eq!(r["max_tries"], 2, "{r}");
     assert_eq!(r["in_lockout"], false, "{r}");
@@ -457,12 +450,7 @@ fn unclean_power_cycles_lock_the_tpm_out_and_status_reports_it() {
     assert_eq!((da.counter, da.in_lockout), (0, false), "{da:?}");
 
     // A wrong lockout authorization: refused by the TPM, said so...
-    let out = d.cli(&[
-        "tpm",
-        "clear-lockout",
-        "--lockout-auth-file",
-        path_str(&wrong_file),
-    ]);
+    let out = d.cli(&clear_lockout(&wrong_file));
     assert_eq!(
         out.status.code(),
         Some(exit_code_of(proto::ErrorCode::PermissionDenied)),
@@ -477,12 +465,7 @@ fn unclean_power_cycles_lock_the_tpm_out_and_status_reports_it() {
     );
     assert!(!text(&out).contains("not-the-lockout-pass"));
     // ...and the lockout hierarchy is now locked itself, even for the right authorization.
-    let out = d.cli(&[
-        "tpm",
-        "clear-lockout",
-        "--lockout-auth-file",
-        path_str(&auth_file),
-    ]);
+    let out = d.cli(&clear_lockout(&auth_file));
     assert_eq!(
         out.status.code(),
         Some(exit_code_of(proto::ErrorCode::BackendUnavailable)),

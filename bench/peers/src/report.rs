@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use custody_bench::reference::{HSM_SIGN_1, HSM_SIGN_2, NOISE_LIMIT};
+use custody_bench::reference::{self, rate, HSM_SIGN_1, HSM_SIGN_2, NOISE_LIMIT};
 use custody_bench::sections::{PEERS_BEGIN, PEERS_END};
 
 use crate::{Path, Results, Row, Settings};
@@ -12,17 +12,6 @@ fn find<'a>(r: &'a Results, op: &str, path: Path, callers: usize) -> Option<&'a 
     r.rows
         .iter()
         .find(|x| x.op == op && x.path == path && x.callers == callers)
-}
-
-fn rate(v: f64) -> String {
-    let s = (v.round() as u64).to_string();
-    let mut groups: Vec<&str> = s
-        .as_bytes()
-        .rchunks(3)
-        .map(|g| std::str::from_utf8(g).unwrap_or("?"))
-        .collect();
-    groups.reverse();
-    format!("{}/s", groups.join(","))
 }
 
 fn us(v: f64) -> String {
@@ -49,9 +38,7 @@ fn direct_vs_reference(r: &Results) -> Vec<(usize, f64, f64)> {
 
 /// True when a direct rate is more than [`NOISE_LIMIT`] off the reference.
 pub fn is_noisy(r: &Results) -> bool {
-    direct_vs_reference(r)
-        .iter()
-        .any(|(_, d, reference)| (d / reference - 1.0).abs() > NOISE_LIMIT)
+    reference::off_reference(&direct_vs_reference(r))
 }
 
 /// The section, markers included.
@@ -323,16 +310,7 @@ fn reading(r: &Results) -> String {
     let _ = writeln!(
         o,
         "Direct sign rates against the reference machine's: {}.",
-        direct_vs_reference(r)
-            .iter()
-            .map(|(n, d, reference)| format!(
-                "{n} caller(s) {} vs {} ({:+.0}%)",
-                rate(*d),
-                rate(*reference),
-                (d / reference - 1.0) * 100.0
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
+        reference::against_reference(&direct_vs_reference(r), "caller(s)")
     );
     o
 }
