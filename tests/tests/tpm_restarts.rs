@@ -11,7 +11,7 @@
 //! preceded by a TPM2_Shutdown (independent of timing, unlike the counter, which heals one step
 //! per recovery interval).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -92,8 +92,23 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// Signs `data` with `machine-sign` through the CLI and verifies the signature with openssl
-/// against `pub.pem` (exported once, so the key is also the same one after every restart).
+/// Writes `machine-sign`'s public key as PEM to the daemon's directory (`pub.pem`), which
+/// `sign_and_verify` checks signatures against.
+fn save_machine_public_pem(d: &Daemon) -> PathBuf {
+    let pem = d.dir().join("pub.pem");
+    let out = d.cli(&[
+        "keys",
+        "public",
+        "machine-sign",
+        "--format",
+        "pem",
+        "--out",
+        path_str(&pem),
+    ]);
+    assert!(out.status.success(), "keys public: {}", text(&out));
+    pem
+}
+
 /// The CLI arguments of `custody tpm clear-lockout` with the authorization in `file`.
 fn clear_lockout(file: &Path) -> [&str; 4] {
     [
@@ -104,6 +119,8 @@ fn clear_lockout(file: &Path) -> [&str; 4] {
     ]
 }
 
+/// Signs `data` with `machine-sign` through the CLI and verifies the signature with openssl
+/// against `pub.pem` (exported once, so the key is also the same one after every restart).
 fn sign_and_verify(d: &Daemon, tag: &str) {
     let dir = d.dir().to_path_buf();
     let data = dir.join(format!("data.{tag}"));
@@ -136,17 +153,7 @@ fn sign_and_verify(d: &Daemon, tag: &str) {
 #[test]
 fn five_swtpm_restarts_with_signing_leave_no_lockout() {
     let mut d = DaemonBuilder::new().with_tpm().extra(MACHINE_SIGN).start();
-    let pem = d.dir().join("pub.pem");
-    let out = d.cli(&[
-        "keys",
-        "public",
-        "machine-sign",
-        "--format",
-        "pem",
-        "--out",
-        path_str(&pem),
-    ]);
-    assert!(out.status.success(), "keys public: {}", text(&out));
+    save_machine_public_pem(&d);
     sign_and_verify(&d, "before");
 
     for i in 1..=5 {
@@ -355,17 +362,7 @@ fn unclean_power_cycles_lock_the_tpm_out_and_status_reports_it() {
     }
     d.spawn();
     d.wait_ready(READY_TIMEOUT);
-    let pem = d.dir().join("pub.pem");
-    let out = d.cli(&[
-        "keys",
-        "public",
-        "machine-sign",
-        "--format",
-        "pem",
-        "--out",
-        path_str(&pem),
-    ]);
-    assert!(out.status.success(), "keys public: {}", text(&out));
+    let pem = save_machine_public_pem(&d);
     sign_and_verify(&d, "before");
     let s = tpm_status(&d);
     assert!(

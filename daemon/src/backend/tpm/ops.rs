@@ -271,13 +271,20 @@ impl Worker {
                 "{key} is not an rsa2048-sign key"
             )));
         }
-        let res = self.sign_once(key, auth, digest, scheme);
-        match res {
-            // A MOSIP primary whose transient handle went stale under us (the TPM restarted
-            // between the check and the command): recreated once.
+        self.retrying_stale_mosip(key, |t| t.sign_once(key, auth, digest, scheme))
+    }
+
+    /// Runs `op`; when `key` is a MOSIP primary whose transient handle went stale under us (the
+    /// TPM restarted between the check and the command), recreates it and runs `op` once more.
+    fn retrying_stale_mosip<T>(
+        &mut self,
+        key: TpmRef,
+        mut op: impl FnMut(&mut Self) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        match op(self) {
             Err(BackendError::NotFound(_)) if matches!(key, TpmRef::Mosip(_)) => {
                 self.clear_cache();
-                self.sign_once(key, auth, digest, scheme)
+                op(self)
             }
             r => r,
         }
@@ -388,14 +395,9 @@ impl Worker {
         let label = tpm_label(label)?;
         let ct = PublicKeyRsa::try_from(ciphertext.to_vec())
             .map_err(|e| BackendError::BadInput(format!("ciphertext: {e}")))?;
-        match self.decrypt_once(key, auth, ct.clone(), label.clone()) {
-            // A stale MOSIP primary handle (see `op_sign`): recreated once.
-            Err(BackendError::NotFound(_)) if matches!(key, TpmRef::Mosip(_)) => {
-                self.clear_cache();
-                self.decrypt_once(key, auth, ct, label)
-            }
-            r => r,
-        }
+        self.retrying_stale_mosip(key, |t| {
+            t.decrypt_once(key, auth, ct.clone(), label.clone())
+        })
     }
 
     fn decrypt_once(
