@@ -380,7 +380,7 @@ pub fn run(s: &Settings) -> Results {
         .dir_mode(0o755)
         .server(&["socket_mode = \"0666\""])
         .roles(ROLES);
-    // For A/B runs while tuning, e.g. "[scheduler]\ninline = false".
+    // For A/B runs while tuning, e.g. "[scheduler]\nworkers = 2".
     if let Ok(extra) = std::env::var("BENCH_CONFIG_EXTRA") {
         builder = builder.extra(&extra.replace("\\n", "\n"));
     }

@@ -666,10 +666,9 @@ fn reading(r: &Results, ts: &[Target]) -> String {
         let _ = write!(
             o,
             "RSS grew {growth:.2} × from warm-up ({:.1} → {:.1} MiB) while the daemon's threads \
-             went from {} to {}: backend work runs on whichever runtime thread read the request, \
-             each thread that allocates gets a glibc arena that keeps its freed memory, and a \
-             stack; custodyd returns free arena pages every 10 s (daemon/src/memory.rs, where \
-             the live heap measured with heaptrack is given). ",
+             went from {} to {}: each thread that allocates gets a glibc arena that keeps its \
+             freed memory, and a stack; custodyd returns free arena pages every 10 s \
+             (daemon/src/memory.rs, where the live heap measured with heaptrack is given). ",
             r.rss_warm_mib, r.rss_full_mib, r.threads_warm, r.threads_full
         );
     }

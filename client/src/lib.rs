@@ -8,12 +8,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use custody_proto::ops::*;
+use custody_proto::readbuf::ZeroizingBufReader;
 use custody_proto::{frame, Request, Response, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
+use zeroize::Zeroize;
 
 pub use custody_proto as proto;
 
@@ -249,7 +251,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, pending: Pending, limit: Arc<AtomicU32>) {
+async fn read_loop(rd: OwnedReadHalf, pending: Pending, limit: Arc<AtomicU32>) {
+    // One socket read serves several pipelined responses; bytes are wiped once decoded (a
+    // response may carry a plaintext).
+    let mut rd = ZeroizingBufReader::new(rd);
     // The last connection-level error (id 0, e.g. `busy`, `too_large`): the server keeps
     // answering after one, so it fails only the requests still unanswered when the connection
     // closes (PROTOCOL.md §3.3), and gives them its reason instead of a bare "closed".
@@ -269,7 +274,9 @@ async fn read_loop(mut rd: OwnedReadHalf, pending: Pending, limit: Arc<AtomicU32
             Ok(n) if n == len => {}
             _ => break,
         }
-        let Ok(resp) = Response::decode(&body) else {
+        let resp = Response::decode(&body);
+        body.zeroize();
+        let Ok(resp) = resp else {
             break;
         };
         let mut p = lock(&pending);

@@ -146,9 +146,6 @@ pub struct SchedulerConfig {
     /// connections, in KiB of request frames (each request counts 1 + its size in KiB); a
     /// further frame of that uid waits until the budget has room.
     pub uid_budget_kib: u32,
-    /// When a worker slot is free and nothing waits, run the request's work on the thread that
-    /// read it instead of handing it to a worker thread (two fewer thread wake-ups).
-    pub inline: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -158,7 +155,6 @@ impl Default for SchedulerConfig {
             max_queued: 4096,
             max_queued_per_uid: 1024,
             uid_budget_kib: 4096,
-            inline: true,
         }
     }
 }
@@ -177,7 +173,6 @@ impl SchedulerConfig {
             max_queued: self.max_queued,
             max_queued_per_uid: self.max_queued_per_uid,
             uid_budget_kib: self.uid_budget_kib,
-            inline: self.inline,
         }
     }
 }

@@ -1,14 +1,14 @@
 //! Keeping the daemon's memory flat: freed heap given back to the system.
 //!
-//! Backend work runs on whichever runtime thread read the request (`scheduler.inline`, under
-//! `block_in_place`), so over time a few dozen threads allocate and free, and glibc binds each to
-//! one of up to 8 × CPUs arenas. Every arena kept its high-water mark and its fragments (glibc
+//! Backend work used to run on whichever runtime thread read the request (under
+//! `block_in_place`), so over time a few dozen threads allocated and freed, and glibc bound each
+//! to one of up to 8 × CPUs arenas. Every arena kept its high-water mark and its fragments (glibc
 //! returns memory to the system only from the top of a heap), so under a steady load the
 //! daemon's RSS crept up — 35 → 48 → 61 MiB over a 10-minute soak — while its live heap stayed
-//! under 8 MiB (heaptrack). With `scheduler.inline = false` (work on the fixed worker threads
-//! only) it stayed flat, which located the cause. The fix keeps the inline path: every
-//! [`TRIM_EVERY`] the free pages of every arena go back to the system ([`trim`],
-//! `malloc_trim(0)`). Capping the arenas as well (`mallopt(M_ARENA_MAX, 2)`) flattened RSS more
+//! under 8 MiB (heaptrack). With the work on the fixed worker threads only it stayed flat, which
+//! located the cause; requests now run whole on those workers ([`crate::sched`]). Threads still
+//! differ in what they allocate, so every [`TRIM_EVERY`] the free pages of every arena go back to
+//! the system as well ([`trim`], `malloc_trim(0)`). Capping the arenas as well (`mallopt(M_ARENA_MAX, 2)`) flattened RSS more
 //! but slowed a flood of 256 KiB requests until connections broke (`tests/tests/fairness.rs`),
 //! so it is not done. Figures in README.md, "Guarantees". `malloc_trim` is an FFI call, the
 //! daemon's only `unsafe` code besides the TPM lockout reset.

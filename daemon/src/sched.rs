@@ -11,9 +11,11 @@
 //!   ([`crate::backend::deadline`]), so a device call after it is refused before it reaches the
 //!   device. A job whose caller went away (connection closed) is dropped unrun.
 //!
-//! * **Inline**: when a slot is free and nothing waits, the request's own runtime thread runs the
-//!   job ([`Scheduler::try_inline`], under `block_in_place`): no hand-over and no wake-up back.
-//!   Jobs on workers and inline together never exceed `workers`.
+//! * **Whole requests**: a request's whole handling (arguments, authorization, backend work,
+//!   result, audit line, response write) runs on one worker ([`Scheduler::submit_work`]), so it
+//!   costs no thread hand-over beyond the queue: no runtime task per request, no wake-up back to
+//!   the runtime, and a fixed set of threads. Work a request hands over again
+//!   ([`Scheduler::submit`]) runs in place when it is already on a worker ([`on_worker`]).
 //! * **Per-uid budget** ([`Scheduler::enter`]): before a request is decoded, its uid must have
 //!   room in a budget counted in KiB of request frames, so one uid's flood of large frames on
 //!   many connections cannot fill the runtime's threads with decoding and encoding either.
@@ -32,7 +34,7 @@ use tokio::sync::oneshot;
 use crate::backend::deadline;
 
 /// Why a job did not produce an answer.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
     /// The queue (total, or this uid's) is full.
     Full,
@@ -75,17 +77,27 @@ pub struct SchedConfig {
     /// Budget of one uid's requests between frame read and answer written, in KiB of request
     /// frame (each request counts 1 + its frame's size in KiB).
     pub uid_budget_kib: u32,
-    /// Let a caller run its job on its own thread when a slot is free and nothing waits.
-    pub inline: bool,
 }
 
-trait Task: Send {
-    /// Runs the work and sends its answer.
+/// Work queued on the scheduler.
+pub trait Work: Send {
+    /// Runs the work and delivers its answer.
     fn run(self: Box<Self>);
-    /// Answers [`Refused::Expired`] without running.
-    fn expire(self: Box<Self>);
-    /// True when nobody waits for the answer any more.
+    /// Delivers the refusal without running: the queue was full or closed, or the work was
+    /// still queued at its deadline ([`Refused::Expired`]).
+    fn refuse(self: Box<Self>, why: Refused);
+    /// True when nobody waits for the answer any more: dropped unrun.
     fn abandoned(&self) -> bool;
+}
+
+thread_local! {
+    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True on a scheduler worker thread: work that would be queued can run right here, in the
+/// slot this thread already holds.
+pub fn on_worker() -> bool {
+    ON_WORKER.with(std::cell::Cell::get)
 }
 
 struct Call<T, F> {
@@ -93,13 +105,13 @@ struct Call<T, F> {
     tx: oneshot::Sender<Result<T, Refused>>,
 }
 
-impl<T: Send, F: FnOnce() -> T + Send> Task for Call<T, F> {
+impl<T: Send, F: FnOnce() -> T + Send> Work for Call<T, F> {
     fn run(self: Box<Self>) {
         let Call { f, tx } = *self;
         let _ = tx.send(Ok(f()));
     }
-    fn expire(self: Box<Self>) {
-        let _ = self.tx.send(Err(Refused::Expired));
+    fn refuse(self: Box<Self>, why: Refused) {
+        let _ = self.tx.send(Err(why));
     }
     fn abandoned(&self) -> bool {
         self.tx.is_closed()
@@ -108,7 +120,7 @@ impl<T: Send, F: FnOnce() -> T + Send> Task for Call<T, F> {
 
 struct Job {
     deadline: Instant,
-    task: Box<dyn Task>,
+    task: Box<dyn Work>,
 }
 
 #[derive(Default)]
@@ -117,7 +129,7 @@ struct Queues {
     /// Uids with waiting jobs, in the order they will be served.
     turn: VecDeque<u32>,
     queued: usize,
-    /// Jobs running now, on workers or inline: never more than the worker count.
+    /// Jobs running now: never more than the worker count.
     busy: usize,
     closed: bool,
 }
@@ -185,17 +197,6 @@ impl Inner {
         }
     }
 
-    /// Frees a slot; wakes a worker if work waits for one.
-    fn release(&self) {
-        let mut q = self.lock();
-        q.busy -= 1;
-        let waiting = q.queued > 0;
-        drop(q);
-        if waiting {
-            self.ready.notify_one();
-        }
-    }
-
     fn run_job(&self, job: Job) {
         {
             let c = &self.counters;
@@ -205,7 +206,7 @@ impl Inner {
             }
             if Instant::now() >= job.deadline {
                 c.expired.fetch_add(1, Ordering::Relaxed);
-                job.task.expire();
+                job.task.refuse(Refused::Expired);
                 return;
             }
             c.started.fetch_add(1, Ordering::Relaxed);
@@ -221,23 +222,9 @@ impl Inner {
     }
 }
 
-/// A slot taken by [`Scheduler::try_inline`]: the caller runs its job on its own thread; the
-/// slot is freed on drop.
-pub struct InlineSlot<'a> {
-    inner: &'a Inner,
-}
-
-impl Drop for InlineSlot<'_> {
-    fn drop(&mut self) {
-        self.inner.counters.running.fetch_sub(1, Ordering::Relaxed);
-        self.inner.release();
-    }
-}
-
 /// The scheduler: worker threads and the per-uid queues.
 pub struct Scheduler {
     inner: Arc<Inner>,
-    inline: bool,
     active: Mutex<HashMap<u32, Arc<tokio::sync::Semaphore>>>,
 }
 
@@ -252,7 +239,6 @@ impl Scheduler {
             max_queued: cfg.max_queued.max(1),
             max_queued_per_uid: cfg.max_queued_per_uid.max(1),
             uid_budget_kib: cfg.uid_budget_kib.max(1),
-            inline: cfg.inline,
         };
         let inner = Arc::new(Inner {
             cfg,
@@ -264,11 +250,13 @@ impl Scheduler {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name(format!("custodyd-worker-{i}"))
-                .spawn(move || inner.work())?;
+                .spawn(move || {
+                    ON_WORKER.with(|w| w.set(true));
+                    inner.work()
+                })?;
         }
         Ok(Scheduler {
             inner,
-            inline: cfg.inline,
             active: Mutex::new(HashMap::new()),
         })
     }
@@ -286,51 +274,49 @@ impl Scheduler {
         F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job = Job {
-            deadline,
-            task: Box::new(Call { f, tx }),
-        };
+        self.submit_work(uid, deadline, Box::new(Call { f, tx }))?;
+        Ok(rx)
+    }
+
+    /// Queues `work` for `uid`, to start before `deadline` (else it is refused
+    /// [`Refused::Expired`]). A refusal now (queue full, shutting down) is delivered to `work`
+    /// ([`Work::refuse`]) before this returns it.
+    pub fn submit_work(
+        &self,
+        uid: u32,
+        deadline: Instant,
+        work: Box<dyn Work>,
+    ) -> Result<(), Refused> {
         {
             let mut q = self.inner.lock();
-            if q.closed {
-                return Err(Refused::Closed);
-            }
             let cfg = &self.inner.cfg;
             let mine = q.by_uid.get(&uid).map_or(0, VecDeque::len);
-            if q.queued >= cfg.max_queued || mine >= cfg.max_queued_per_uid {
+            let refused = if q.closed {
+                Some(Refused::Closed)
+            } else if q.queued >= cfg.max_queued || mine >= cfg.max_queued_per_uid {
+                Some(Refused::Full)
+            } else {
+                None
+            };
+            if let Some(why) = refused {
                 drop(q);
-                self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(Refused::Full);
+                if why == Refused::Full {
+                    self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                }
+                work.refuse(why);
+                return Err(why);
             }
             if mine == 0 {
                 q.turn.push_back(uid);
             }
-            q.by_uid.entry(uid).or_default().push_back(job);
+            q.by_uid.entry(uid).or_default().push_back(Job {
+                deadline,
+                task: work,
+            });
             q.queued += 1;
         }
         self.inner.ready.notify_one();
-        Ok(rx)
-    }
-
-    /// A slot to run a job on the caller's own thread instead of handing it to a worker (which
-    /// costs two thread wake-ups): granted only when inline running is enabled, no job waits
-    /// (so nobody is overtaken) and fewer than `workers` jobs run (the same bound on device
-    /// concurrency as the workers). The caller must check its deadline itself and run the job
-    /// under [`deadline::with`].
-    pub fn try_inline(&self) -> Option<InlineSlot<'_>> {
-        if !self.inline {
-            return None;
-        }
-        let mut q = self.inner.lock();
-        if q.closed || q.queued > 0 || q.busy >= self.inner.cfg.workers {
-            return None;
-        }
-        q.busy += 1;
-        drop(q);
-        let c = &self.inner.counters;
-        c.started.fetch_add(1, Ordering::Relaxed);
-        c.running.fetch_add(1, Ordering::Relaxed);
-        Some(InlineSlot { inner: &self.inner })
+        Ok(())
     }
 
     /// Waits until `uid`'s requests in progress (from frame read to answer written, over all
@@ -390,7 +376,6 @@ mod tests {
             max_queued,
             max_queued_per_uid: per_uid,
             uid_budget_kib: 4096,
-            inline: true,
         })
         .unwrap()
     }

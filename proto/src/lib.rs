@@ -9,6 +9,8 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod ops;
+#[cfg(feature = "io")]
+pub mod readbuf;
 pub mod shape;
 
 pub use error::{ErrorCode, WireError};

@@ -572,6 +572,71 @@ fn peer_that_stops_reading_is_dropped() {
     drop(stream);
 }
 
+/// Requests run on the scheduler's workers, which also write their responses: a peer that stops
+/// reading must not hold one. With a single worker, a non-reading peer's `box.seal` answers
+/// (256 KiB each) fill its socket, and another connection's requests are still answered at once,
+/// long before the stalled peer is dropped (idle timeout 60 s).
+#[test]
+fn a_peer_that_stops_reading_holds_no_worker() {
+    use custody_testkit::proto::ops::BoxSealArgs;
+    let d = DaemonBuilder::new()
+        .server(&["idle_timeout_secs = 60", "max_in_flight = 4"])
+        .extra("[scheduler]\nworkers = 1\n")
+        .start();
+    let stream = std::os::unix::net::UnixStream::connect(d.socket()).expect("connect");
+    let mut w = stream.try_clone().expect("clone");
+    w.set_write_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let hello = frame_bytes(&request_body(
+            0,
+            names::HELLO,
+            &HelloArgs {
+                version: 1,
+                client: None,
+            },
+        ));
+        w.write_all(&hello).expect("hello");
+        let mut key = [0u8; 32];
+        key[0] = 9;
+        for id in 1..=64u64 {
+            let f = frame_bytes(&request_body(
+                id,
+                names::BOX_SEAL,
+                &BoxSealArgs {
+                    to_public_key: key.to_vec(),
+                    plaintext: vec![0x5a; 256 * 1024],
+                },
+            ));
+            if w.write_all(&f).is_err() {
+                return id;
+            }
+        }
+        65
+    });
+    // The writer stops once the daemon stops reading (its in-flight answers are unwritten).
+    let stalled_at = writer.join().expect("writer");
+    assert!(
+        stalled_at <= 64,
+        "the daemon read 64 requests of 256 KiB whose answers nobody read"
+    );
+    let c = d.client();
+    let start = Instant::now();
+    for _ in 0..5 {
+        let st: StatusResult = c
+            .call_untyped(names::STATUS, &StatusArgs {})
+            .expect("status while a peer stalls");
+        assert_eq!(st.connections, 2, "the stalled peer is still connected");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "answered only after {:?}: the stalled peer held the worker",
+        start.elapsed()
+    );
+    drop(stream);
+}
+
 /// The client library's [`Reconnecting`] client carries on across a daemon restart: a signature
 /// (safe to repeat) is sent again on a new connection transparently; an admin change whose
 /// connection was lost is returned as an error, not repeated, and the next call reconnects.

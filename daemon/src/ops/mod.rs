@@ -101,31 +101,17 @@ impl Ctx {
         F: FnOnce(&App) -> Result<T, OpError> + Send + 'static,
         T: Send + 'static,
     {
-        let timed_out = || {
-            OpError::new(
-                ErrorCode::BackendUnavailable,
-                format!("operation did not finish within {}s", limit.as_secs()),
-            )
-        };
+        let timed_out = || refusal(Refused::Expired, limit);
         let deadline = Instant::now() + limit;
-        // Nothing waits and a slot is free: run here, on this runtime thread (the runtime moves
-        // its other tasks to another thread meanwhile), instead of waking a worker and being
-        // woken by it.
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
-            if let Some(slot) = self.app.sched.try_inline() {
-                let app = &self.app;
-                let r = tokio::task::block_in_place(|| {
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        crate::backend::deadline::with(deadline, || f(app))
-                    }))
-                });
-                drop(slot);
-                return r.unwrap_or_else(|_| {
-                    Err(OpError::internal("operation failed: the job panicked"))
-                });
-            }
+        // The request already runs on a worker (its slot, its turn): the work runs right here,
+        // within the request's deadline (set when it was read, [`queue_limit`]).
+        if crate::sched::on_worker() {
+            let deadline = crate::backend::deadline::current().unwrap_or(deadline);
+            let app = &self.app;
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::backend::deadline::with(deadline, || f(app))
+            }))
+            .unwrap_or_else(|_| Err(OpError::internal("operation failed: the job panicked")));
         }
         let app = self.app.clone();
         let queued = stages::start();
@@ -137,16 +123,7 @@ impl Ctx {
                 let r = f(&app);
                 (r, stages::start())
             })
-            .map_err(|e| match e {
-                Refused::Full => OpError::new(
-                    ErrorCode::Busy,
-                    "too many requests waiting for the backends; retry later",
-                ),
-                Refused::Expired => timed_out(),
-                Refused::Closed => {
-                    OpError::new(ErrorCode::BackendUnavailable, "the daemon is shutting down")
-                }
-            })?;
+            .map_err(|e| refusal(e, limit))?;
         // A job that started in time runs to its end (its device calls are bounded by the
         // deadline); the extra `limit` only covers a device call that hangs.
         match tokio::time::timeout(limit * 2, rx).await {
@@ -157,6 +134,35 @@ impl Ctx {
             Ok(Ok(Err(_))) | Err(_) => Err(timed_out()),
             Ok(Err(_)) => Err(OpError::internal("operation failed: worker job panicked")),
         }
+    }
+}
+
+/// The answer to work the scheduler did not run (`limit`: the op's time limit).
+pub fn refusal(why: Refused, limit: std::time::Duration) -> OpError {
+    match why {
+        Refused::Full => OpError::new(
+            ErrorCode::Busy,
+            "too many requests waiting for the backends; retry later",
+        ),
+        Refused::Expired => OpError::new(
+            ErrorCode::BackendUnavailable,
+            format!("operation did not finish within {}s", limit.as_secs()),
+        ),
+        Refused::Closed => {
+            OpError::new(ErrorCode::BackendUnavailable, "the daemon is shutting down")
+        }
+    }
+}
+
+/// How long a request of `op` may wait for a worker: the op timeout, or for the ops that
+/// generate keys the longer key-generation timeout (as [`Ctx::blocking_keygen`]).
+pub fn queue_limit(app: &App, op: &str) -> std::time::Duration {
+    use custody_proto::ops::names;
+    let limit = app.config.server.op_timeout();
+    if op == names::KEYS_CREATE || op == names::KEYS_ROTATE {
+        limit.max(crate::backend::KEYGEN_TIMEOUT)
+    } else {
+        limit
     }
 }
 
@@ -195,6 +201,17 @@ async fn run<O: Handle>(ctx: &mut Ctx, mut req: Request) -> OpResult {
     O::scrub(&mut result);
     stages::end(Stage::ResultEncode, t);
     value
+}
+
+/// Decodes the arguments of `O` and authorizes every right it declares, without running it: a
+/// request the scheduler refused is answered `permission_denied` if that is what it would get.
+fn authorize<O: Handle>(ctx: &mut Ctx, mut req: Request) -> Result<(), OpError> {
+    let args = req.args::<O::Args>();
+    scrub_value(&mut req.args);
+    for a in O::access(&args?)? {
+        ctx.authorize(a.right, a.key)?;
+    }
+    Ok(())
 }
 
 /// Zeroizes every byte and text string of a CBOR value in place (requests once decoded,
@@ -243,6 +260,13 @@ macro_rules! dispatch_table {
                 _ => Err(OpError::new(ErrorCode::UnknownOp, format!("unknown op `{op}`"))),
             }
         }
+
+        fn authorize_op(op: &'static str, ctx: &mut Ctx, req: Request) -> Result<(), OpError> {
+            match op {
+                $( $name => authorize::<custody_proto::ops::$ty>(ctx, req), )*
+                _ => Err(OpError::new(ErrorCode::UnknownOp, format!("unknown op `{op}`"))),
+            }
+        }
     };
 }
 
@@ -252,54 +276,88 @@ custody_proto::for_each_op!(dispatch_table);
 pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
     let start = Instant::now();
     let t = stages::start();
+    let Some((op, mut ctx)) = known(app, peer, &req) else {
+        return unknown(app, peer, &req, start);
+    };
     let id = req.id;
-    let op = DISPATCHED.iter().copied().find(|n| *n == req.op);
-    let Some(op) = op else {
-        app.stats.count(&req.op, false);
-        let shown: String = req
-            .op
-            .chars()
-            .take(64)
-            .collect::<String>()
-            .escape_default()
-            .to_string();
-        // No role allowed anything: the line names none.
-        let audited = app.audit(&Record::new(
-            peer,
-            None,
-            &shown,
-            None,
-            None,
-            ErrorCode::UnknownOp.as_str(),
-            start.elapsed(),
-        ));
-        if let Some(refused) = audit_refusal(app, req.id, audited) {
-            return refused;
-        }
-        return Response::err(
-            req.id,
-            WireError::new(ErrorCode::UnknownOp, format!("unknown op `{shown}`")),
-        );
-    };
-    let mut ctx = Ctx {
-        app: app.clone(),
-        peer: peer.clone(),
-        op,
-        role: None,
-        key: None,
-        version: None,
-        target: None,
-    };
     let result = run_op(op, &mut ctx, req).await;
+    let resp = finish(&ctx, id, result, start);
+    stages::end(Stage::Dispatch, t);
+    resp
+}
+
+/// Answers a request the scheduler did not run (`why`), as [`dispatch`] would have answered it
+/// had its handler failed so: its arguments are decoded and its rights checked (a caller
+/// without the right is told `permission_denied`), and it is audited and counted.
+pub fn refuse(app: &Arc<App>, peer: &Peer, req: Request, why: Refused) -> Response {
+    let start = Instant::now();
+    let Some((op, mut ctx)) = known(app, peer, &req) else {
+        return unknown(app, peer, &req, start);
+    };
+    let id = req.id;
+    let result =
+        authorize_op(op, &mut ctx, req).and_then(|()| Err(refusal(why, queue_limit(app, op))));
+    finish(&ctx, id, result, start)
+}
+
+/// The op's static name and a fresh context, if the daemon knows the op.
+fn known(app: &Arc<App>, peer: &Peer, req: &Request) -> Option<(&'static str, Ctx)> {
+    let op = DISPATCHED.iter().copied().find(|n| *n == req.op)?;
+    Some((
+        op,
+        Ctx {
+            app: app.clone(),
+            peer: peer.clone(),
+            op,
+            role: None,
+            key: None,
+            version: None,
+            target: None,
+        },
+    ))
+}
+
+/// `unknown_op`, audited without a role.
+fn unknown(app: &Arc<App>, peer: &Peer, req: &Request, start: Instant) -> Response {
+    app.stats.count(&req.op, false);
+    let shown: String = req
+        .op
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .escape_default()
+        .to_string();
+    // No role allowed anything: the line names none.
+    let audited = app.audit(&Record::new(
+        peer,
+        None,
+        &shown,
+        None,
+        None,
+        ErrorCode::UnknownOp.as_str(),
+        start.elapsed(),
+    ));
+    if let Some(refused) = audit_refusal(app, req.id, audited) {
+        return refused;
+    }
+    Response::err(
+        req.id,
+        WireError::new(ErrorCode::UnknownOp, format!("unknown op `{shown}`")),
+    )
+}
+
+/// Audits and counts an op's outcome and makes its response.
+fn finish(ctx: &Ctx, id: u64, result: OpResult, start: Instant) -> Response {
+    let app = &ctx.app;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code.as_str(),
     };
-    app.stats.count(op, result.is_ok());
+    app.stats.count(ctx.op, result.is_ok());
     let mut record = Record::new(
-        peer,
+        &ctx.peer,
         ctx.role.as_deref(),
-        op,
+        ctx.op,
         ctx.key.as_deref(),
         ctx.version,
         outcome,
@@ -309,7 +367,6 @@ pub async fn dispatch(app: &Arc<App>, peer: &Peer, req: Request) -> Response {
     let ta = stages::start();
     let audited = app.audit(&record);
     stages::end(Stage::Audit, ta);
-    stages::end(Stage::Dispatch, t);
     if let Some(refused) = audit_refusal(app, id, audited) {
         if let Ok(mut v) = result {
             scrub_value(&mut v);
@@ -356,14 +413,14 @@ mod tests {
     /// Every op, sent by a uid with no role with well-formed arguments, is refused with
     /// `permission_denied` before its handler runs, and audited as such. No backend is configured:
     /// a handler that ran would answer something else.
-    #[tokio::test]
-    async fn a_uid_without_a_role_is_denied_every_op() {
-        let dir = tempfile::tempdir().unwrap();
-        let audit_path = dir.path().join("audit.log");
+    /// An app with one role (`admin`: uid 0, every op and key), no backend, auditing to a file
+    /// in `dir`.
+    fn app_in(dir: &std::path::Path) -> Arc<App> {
+        let audit_path = dir.join("audit.log");
         let text = format!(
             "[storage]\npath = {:?}\n[audit]\nfile = {:?}\n\
              [[roles]]\nname = \"admin\"\nunix_users = [0]\nops = [\"*\"]\nkeys = [\"*\"]\n",
-            dir.path().join("registry.db"),
+            dir.join("registry.db"),
             audit_path,
         );
         let config = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
@@ -372,13 +429,54 @@ mod tests {
         let keys =
             crate::keys::KeyManager::open(&config.storage.path, Vec::new(), config.keys.defaults)
                 .unwrap();
-        let app = Arc::new(App::new(config, "t.toml".into(), policy, audit, keys).unwrap());
-        let peer = Peer {
-            uid: 4_000_000_000,
-            gid: 4_000_000_000,
+        Arc::new(App::new(config, "t.toml".into(), policy, audit, keys).unwrap())
+    }
+
+    fn peer(uid: u32) -> Peer {
+        Peer {
+            uid,
+            gid: uid,
             pid: None,
             groups: Vec::new(),
+        }
+    }
+
+    /// A request the scheduler did not run is answered as dispatch would answer it: a caller
+    /// without the right is told `permission_denied`, one with it the refusal; both audited.
+    #[test]
+    fn refused_requests_are_authorized_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app_in(dir.path());
+        let req = |id| Request {
+            id,
+            op: custody_proto::ops::names::KEYS_LIST.into(),
+            args: custody_proto::message::to_value(&custody_proto::ops::KeyListArgs::default())
+                .unwrap(),
         };
+        let denied = refuse(&app, &peer(4_000_000_000), req(1), Refused::Full);
+        let code = |r: Response| r.result.expect_err("refused").code();
+        assert_eq!(code(denied), Some(ErrorCode::PermissionDenied));
+        let busy = refuse(&app, &peer(0), req(2), Refused::Full);
+        assert_eq!(code(busy), Some(ErrorCode::Busy));
+        let late = refuse(&app, &peer(0), req(3), Refused::Expired);
+        assert_eq!(code(late), Some(ErrorCode::BackendUnavailable));
+        let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        let lines: Vec<&str> = audit.lines().collect();
+        assert_eq!(lines.len(), 3, "{audit}");
+        assert!(lines[0].contains("permission_denied"), "{audit}");
+        assert!(
+            lines[1].contains("\"role\":\"admin\"") && lines[1].contains("\"busy\""),
+            "{audit}"
+        );
+        assert!(lines[2].contains("backend_unavailable"), "{audit}");
+    }
+
+    #[tokio::test]
+    async fn a_uid_without_a_role_is_denied_every_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit_path = dir.path().join("audit.log");
+        let app = app_in(dir.path());
+        let peer = peer(4_000_000_000);
         use custody_proto::ops::*;
         macro_rules! default_args {
             ($( ($ty:ident, $method:ident, $cname:ident, $name:literal, $args:ty, $res:ty,

@@ -1,6 +1,6 @@
-//! One client connection: reads frames, runs requests concurrently (up to the in-flight limit),
-//! writes responses as they complete (each request's task writes its own, see [`Responder`]),
-//! matched to requests by `id`.
+//! One client connection: reads frames and hands each request whole to the scheduler's workers
+//! (up to the in-flight limit; `ping` to a runtime task), which write the responses as they
+//! complete ([`Responder`]), matched to requests by `id`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +14,14 @@ use tokio::time::{timeout_at, Instant};
 
 use zeroize::Zeroize;
 
-use super::readbuf::ZeroizingBufReader;
 use super::respond::Responder;
 use super::shutdown::Shutdown;
 use crate::auth::Peer;
 use crate::ops;
+use crate::sched::{Refused, Work};
 use crate::stages::{self, Stage};
 use crate::state::App;
+use custody_proto::readbuf::ZeroizingBufReader;
 
 /// Connection limits taken from `[server]`.
 #[derive(Clone, Copy, Debug)]
@@ -185,15 +186,33 @@ pub async fn serve(
             generation = now_gen;
             peer = resolve_peer(peer.uid, peer.gid, peer.pid).await;
         }
-        let (app, peer, tx) = (app.clone(), peer.clone(), tx.clone());
-        let spawned = stages::start();
-        tokio::spawn(async move {
-            stages::end(Stage::SpawnHop, spawned);
-            let resp = ops::dispatch(&app, &peer, req).await;
-            // The permit goes back once the response is written (backpressure).
-            let _ = tx.send(resp, Some(permit)).await;
-            drop(in_progress);
-        });
+        if req.op == names::PING {
+            // Nothing to schedule: answered by a task of the runtime.
+            let (app, peer, tx) = (app.clone(), peer.clone(), tx.clone());
+            let spawned = stages::start();
+            tokio::spawn(async move {
+                stages::end(Stage::SpawnHop, spawned);
+                let resp = ops::dispatch(&app, &peer, req).await;
+                // The permit goes back once the response is written (backpressure).
+                let _ = tx.send(resp, Some(permit)).await;
+                drop(in_progress);
+            });
+        } else {
+            let deadline = std::time::Instant::now() + ops::queue_limit(&app, &req.op);
+            let uid = peer.uid;
+            let work = RequestWork {
+                app: app.clone(),
+                peer: peer.clone(),
+                req,
+                tx: tx.clone(),
+                permit,
+                in_progress,
+                rt: tokio::runtime::Handle::current(),
+                queued: stages::start(),
+            };
+            // A refusal (queue full, shutting down) is answered by the work itself.
+            let _ = app.sched.submit_work(uid, deadline, Box::new(work));
+        }
         if opts.roleless {
             break;
         }
@@ -201,6 +220,64 @@ pub async fn serve(
     // Drain: wait until every spawned request has answered, then let the writer flush and stop.
     let _ = inflight.acquire_many(limits.max_in_flight as u32).await;
     tx.finish().await;
+}
+
+/// A request handed whole to a scheduler worker ([`crate::sched`]): decoded there, authorized,
+/// run, audited, and its response written from there ([`Responder::send_now`]).
+struct RequestWork {
+    app: Arc<App>,
+    peer: Peer,
+    req: Request,
+    tx: Arc<Responder>,
+    /// The connection's in-flight slot: back once the response is written.
+    permit: OwnedSemaphorePermit,
+    /// The uid's budget share ([`crate::sched::Scheduler::enter`]): back once answered.
+    in_progress: crate::sched::Active,
+    rt: tokio::runtime::Handle,
+    queued: Option<std::time::Instant>,
+}
+
+impl Work for RequestWork {
+    fn run(self: Box<Self>) {
+        let RequestWork {
+            app,
+            peer,
+            req,
+            tx,
+            permit,
+            in_progress,
+            rt,
+            queued,
+        } = *self;
+        stages::end(Stage::QueueHop, queued);
+        // Ops are async (a few wait on timers or the runtime's blocking pool): driven to the end
+        // here, on this worker, with the runtime's I/O and timers serving them.
+        let resp = rt.block_on(ops::dispatch(&app, &peer, req));
+        tx.send_now(resp, Some(permit), &rt);
+        drop(in_progress);
+    }
+
+    /// Answered without running, as the op would have been refused (`busy`, timed out,
+    /// shutting down), after its rights are checked.
+    fn refuse(self: Box<Self>, why: Refused) {
+        let RequestWork {
+            app,
+            peer,
+            req,
+            tx,
+            permit,
+            in_progress,
+            rt,
+            ..
+        } = *self;
+        let resp = ops::refuse(&app, &peer, req, why);
+        tx.send_now(resp, Some(permit), &rt);
+        drop(in_progress);
+    }
+
+    fn abandoned(&self) -> bool {
+        self.tx.is_failed()
+    }
 }
 
 fn limits(app: &App) -> Limits {

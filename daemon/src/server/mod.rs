@@ -4,7 +4,6 @@
 
 mod connection;
 mod listener;
-mod readbuf;
 mod respond;
 mod shutdown;
 

@@ -1,10 +1,12 @@
 //! The write side of a connection, shared by the reader loop and every request's task.
 //!
-//! A request's task encodes its own response and appends the frame to the connection's pending
-//! bytes; whichever task finds the socket free writes everything pending in one write, and keeps
-//! writing until nothing is left (flat combining). With one request in flight the task that ran
-//! the request writes its answer itself, with no hand-over to another task; with many, responses
-//! that complete while a write is under way go out together in the next one.
+//! The thread that ran a request (a scheduler worker, [`Responder::send_now`]; or a runtime task,
+//! [`Responder::send`]) encodes its response and appends the frame to the connection's pending
+//! bytes; whichever finds the socket free writes everything pending in one write, and keeps
+//! writing until nothing is left (flat combining). With one request in flight the worker that ran
+//! the request writes its answer itself, with no hand-over to another thread; with many,
+//! responses that complete while a write is under way go out together in the next one. A worker
+//! never waits for the socket: what it cannot write at once is left to a runtime task.
 //!
 //! Backpressure: a response's in-flight permit is released only once its bytes were written, so a
 //! peer that stops reading stops the reader loop after `max_in_flight` unwritten responses, as
@@ -12,12 +14,13 @@
 //! connection: pending responses are dropped and [`Responder::closed`] resolves.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use custody_proto::{frame, ErrorCode, Response, WireError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::timeout;
 use zeroize::Zeroize;
@@ -66,13 +69,107 @@ impl Responder {
     /// writes if no other task is writing; `permit` is released once the bytes are written.
     pub async fn send(
         &self,
-        mut resp: Response,
+        resp: Response,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), Gone> {
+        let t = stages::start();
+        self.queue(resp, permit)?;
+        let r = self.flush().await;
+        stages::end(Stage::EncodeWrite, t);
+        r
+    }
+
+    /// [`Responder::send`] from a thread outside the runtime (a scheduler worker), without
+    /// waiting: what the socket takes at once is written here; the rest is left to a task
+    /// spawned on `rt`, so a peer that stops reading never holds a worker.
+    pub fn send_now(
+        self: &Arc<Self>,
+        resp: Response,
+        permit: Option<OwnedSemaphorePermit>,
+        rt: &Handle,
+    ) {
+        let t = stages::start();
+        if self.queue(resp, permit).is_err() {
+            return;
+        }
+        // Another writer holds the socket: it writes what was just queued.
+        let Ok(wr) = self.wr.try_lock() else {
+            return;
+        };
+        loop {
+            let (mut bytes, permits) = {
+                let mut p = self.lock();
+                (std::mem::take(&mut p.bytes), std::mem::take(&mut p.permits))
+            };
+            if bytes.is_empty() {
+                break;
+            }
+            let mut done = 0;
+            let res = loop {
+                match wr.try_write(&bytes[done..]) {
+                    Ok(n) if n > 0 => {
+                        done += n;
+                        if done == bytes.len() {
+                            break Ok(());
+                        }
+                    }
+                    Ok(_) => break Err(std::io::ErrorKind::WriteZero.into()),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            match res {
+                Ok(()) => {
+                    bytes.zeroize();
+                    drop(permits);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // The socket is full: the unwritten rest goes back in front of what was
+                    // queued meanwhile, and a runtime task writes it all when the peer reads.
+                    {
+                        let mut p = self.lock();
+                        let mut rest = bytes[done..].to_vec();
+                        rest.extend_from_slice(&p.bytes);
+                        p.bytes.zeroize();
+                        p.bytes = rest;
+                        let mut held = permits;
+                        held.append(&mut p.permits);
+                        p.permits = held;
+                    }
+                    bytes.zeroize();
+                    drop(wr);
+                    let this = self.clone();
+                    rt.spawn(async move {
+                        let _ = this.flush().await;
+                    });
+                    stages::end(Stage::EncodeWrite, t);
+                    return;
+                }
+                Err(_) => {
+                    bytes.zeroize();
+                    drop(permits);
+                    drop(wr);
+                    self.fail();
+                    return;
+                }
+            }
+        }
+        drop(wr);
+        // A writer that queued while this thread held the socket left its bytes to it.
+        if !self.lock().bytes.is_empty() {
+            let this = self.clone();
+            rt.spawn(async move {
+                let _ = this.flush().await;
+            });
+        }
+        stages::end(Stage::EncodeWrite, t);
+    }
+
+    /// Encodes `resp` and appends its frame (and `permit`) to what is pending.
+    fn queue(&self, mut resp: Response, permit: Option<OwnedSemaphorePermit>) -> Result<(), Gone> {
         if self.failed.load(Ordering::Acquire) {
             return Err(Gone);
         }
-        let t = stages::start();
         let body = match resp.encode() {
             Ok(b) if b.len() <= self.max_frame as usize => Ok(b),
             Ok(_) => Response::err(
@@ -95,9 +192,12 @@ impl Responder {
             p.permits.extend(permit);
         }
         body.zeroize();
-        let r = self.flush().await;
-        stages::end(Stage::EncodeWrite, t);
-        r
+        Ok(())
+    }
+
+    /// True once a write failed or stalled: nothing more can be answered.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Writes pending bytes until none are left, unless another task is writing (it will).

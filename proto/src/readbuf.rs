@@ -1,6 +1,7 @@
 //! A read buffer for a connection: one `read` from the socket serves several frame headers and
 //! bodies (three reads per frame without it), and every byte is wiped once handed on, since
-//! request bodies may hold plaintexts (`envelope.seal`).
+//! request bodies may hold plaintexts (`envelope.seal`) and so may responses (`decrypt`,
+//! `box.open`). Used by the daemon's connections and the client's reader.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
