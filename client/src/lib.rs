@@ -84,6 +84,9 @@ pub const CONNECT_RETRY: std::time::Duration = std::time::Duration::from_secs(5)
 /// An async, pipelining connection. Clone-free: share it behind an `Arc`; every method takes `&self`.
 pub struct Client {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Frames waiting to be written: whoever holds `writer` writes them all in one go, so
+    /// requests sent together from many tasks share a system call.
+    outbox: Mutex<Vec<u8>>,
     pending: Pending,
     next_id: AtomicU64,
     max_frame: u32,
@@ -151,6 +154,7 @@ impl Client {
         let reader = tokio::spawn(read_loop(rd, pending.clone(), limit.clone()));
         let mut client = Client {
             writer: tokio::sync::Mutex::new(wr),
+            outbox: Mutex::new(Vec::new()),
             pending,
             next_id: AtomicU64::new(1),
             max_frame: DEFAULT_MAX_FRAME,
@@ -222,10 +226,7 @@ impl Client {
                 None => return Err(ClientError::Closed("connection closed")),
             };
         }
-        let written = {
-            let mut w = self.writer.lock().await;
-            w.write_all(&bytes).await
-        };
+        let written = self.write_frame(bytes).await;
         if let Err(e) = written {
             // The server may have answered with a connection-level error (e.g. `busy`) and
             // closed before we wrote: the reader hands that frame to every waiter.
@@ -241,6 +242,34 @@ impl Client {
         }
         rx.await
             .map_err(|_| ClientError::Closed("connection closed before the response"))
+    }
+}
+
+impl Client {
+    /// Queues a frame and writes everything queued unless another task is writing (it then
+    /// writes this frame too, before it lets go of the socket).
+    async fn write_frame(&self, mut frame: Vec<u8>) -> std::io::Result<()> {
+        lock(&self.outbox).extend_from_slice(&frame);
+        frame.zeroize();
+        loop {
+            let Ok(mut w) = self.writer.try_lock() else {
+                return Ok(());
+            };
+            loop {
+                let mut bytes = std::mem::take(&mut *lock(&self.outbox));
+                if bytes.is_empty() {
+                    break;
+                }
+                let r = w.write_all(&bytes).await;
+                bytes.zeroize();
+                r?;
+            }
+            drop(w);
+            // A frame queued while this task held the socket was left to it.
+            if lock(&self.outbox).is_empty() {
+                return Ok(());
+            }
+        }
     }
 }
 

@@ -131,6 +131,9 @@ struct Queues {
     queued: usize,
     /// Jobs running now: never more than the worker count.
     busy: usize,
+    /// Workers waiting for a job: a new job wakes one only if there is one (a wake-up is a
+    /// system call).
+    idle: usize,
     closed: bool,
 }
 
@@ -193,7 +196,9 @@ impl Inner {
             if q.closed {
                 return;
             }
+            q.idle += 1;
             q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+            q.idle -= 1;
         }
     }
 
@@ -287,7 +292,7 @@ impl Scheduler {
         deadline: Instant,
         work: Box<dyn Work>,
     ) -> Result<(), Refused> {
-        {
+        let wake = {
             let mut q = self.inner.lock();
             let cfg = &self.inner.cfg;
             let mine = q.by_uid.get(&uid).map_or(0, VecDeque::len);
@@ -314,8 +319,11 @@ impl Scheduler {
                 task: work,
             });
             q.queued += 1;
+            q.idle > 0
+        };
+        if wake {
+            self.inner.ready.notify_one();
         }
-        self.inner.ready.notify_one();
         Ok(())
     }
 
