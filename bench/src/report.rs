@@ -662,7 +662,7 @@ fn reading(r: &Results, ts: &[Target]) -> String {
         );
     }
     let growth = r.rss_full_mib / r.rss_warm_mib.max(0.001);
-    if growth > 1.2 {
+    if growth > 1.2 && r.threads_full > r.threads_warm {
         let _ = write!(
             o,
             "RSS grew {growth:.2} × from warm-up ({:.1} → {:.1} MiB) while the daemon's threads \
@@ -670,6 +670,15 @@ fn reading(r: &Results, ts: &[Target]) -> String {
              freed memory, and a stack; custodyd returns free arena pages every 10 s \
              (daemon/src/memory.rs, where the live heap measured with heaptrack is given). ",
             r.rss_warm_mib, r.rss_full_mib, r.threads_warm, r.threads_full
+        );
+    } else if growth > 1.2 {
+        let _ = write!(
+            o,
+            "RSS grew {growth:.2} × from warm-up ({:.1} → {:.1} MiB) with the daemon's threads \
+             unchanged ({}): not new threads' arenas or stacks, but memory the same threads \
+             hold after the rows; custodyd returns free arena pages every 10 s \
+             (daemon/src/memory.rs). ",
+            r.rss_warm_mib, r.rss_full_mib, r.threads_full
         );
     }
     let f = &r.fairness;
