@@ -185,15 +185,9 @@ type OpResult = Result<Value, OpError>;
 
 /// Decodes the arguments of `O`, authorizes every right it declares, runs its handler, encodes
 /// the result.
-async fn run<O: Handle>(ctx: &mut Ctx, mut req: Request) -> OpResult {
+async fn run<O: Handle>(ctx: &mut Ctx, req: Request) -> OpResult {
     let t = stages::start();
-    let args = req.args::<O::Args>();
-    // The request's bytes (an envelope.seal plaintext) are not needed once decoded.
-    scrub_value(&mut req.args);
-    let args = args?;
-    for a in O::access(&args)? {
-        ctx.authorize(a.right, a.key)?;
-    }
+    let args = authorized::<O>(ctx, req)?;
     stages::end(Stage::ArgsAuthorize, t);
     let mut result = O::handle(ctx, args).await?;
     let t = stages::start();
@@ -203,15 +197,18 @@ async fn run<O: Handle>(ctx: &mut Ctx, mut req: Request) -> OpResult {
     value
 }
 
-/// Decodes the arguments of `O` and authorizes every right it declares, without running it: a
-/// request the scheduler refused is answered `permission_denied` if that is what it would get.
-fn authorize<O: Handle>(ctx: &mut Ctx, mut req: Request) -> Result<(), OpError> {
+/// Decodes the arguments of `O` and authorizes every right it declares: before its handler runs
+/// ([`run`]), and for a request the scheduler refused ([`refuse`]), which is answered
+/// `permission_denied` if that is what it would get.
+fn authorized<O: Handle>(ctx: &mut Ctx, mut req: Request) -> Result<O::Args, OpError> {
     let args = req.args::<O::Args>();
+    // The request's bytes (an envelope.seal plaintext) are not needed once decoded.
     scrub_value(&mut req.args);
-    for a in O::access(&args?)? {
+    let args = args?;
+    for a in O::access(&args)? {
         ctx.authorize(a.right, a.key)?;
     }
-    Ok(())
+    Ok(args)
 }
 
 /// Zeroizes every byte and text string of a CBOR value in place (requests once decoded,
@@ -263,7 +260,7 @@ macro_rules! dispatch_table {
 
         fn authorize_op(op: &'static str, ctx: &mut Ctx, req: Request) -> Result<(), OpError> {
             match op {
-                $( $name => authorize::<custody_proto::ops::$ty>(ctx, req), )*
+                $( $name => authorized::<custody_proto::ops::$ty>(ctx, req).map(drop), )*
                 _ => Err(OpError::new(ErrorCode::UnknownOp, format!("unknown op `{op}`"))),
             }
         }
