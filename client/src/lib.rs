@@ -249,19 +249,27 @@ impl Client {
     /// Queues a frame and writes everything queued unless another task is writing (it then
     /// writes this frame too, before it lets go of the socket).
     async fn write_frame(&self, mut frame: Vec<u8>) -> std::io::Result<()> {
-        lock(&self.outbox).extend_from_slice(&frame);
+        frame::append_wiping(&mut lock(&self.outbox), &[&frame]);
         frame.zeroize();
         loop {
             let Ok(mut w) = self.writer.try_lock() else {
                 return Ok(());
             };
             loop {
-                let mut bytes = std::mem::take(&mut *lock(&self.outbox));
+                let bytes = std::mem::take(&mut *lock(&self.outbox));
                 if bytes.is_empty() {
                     break;
                 }
-                let r = w.write_all(&bytes).await;
-                bytes.zeroize();
+                // Other tasks' frames ride on this write: if it is abandoned half-way (this
+                // task's future dropped), they are lost and the stream is out of step, so every
+                // request waiting on this connection is failed instead of waiting forever.
+                let mut batch = Batch {
+                    client: self,
+                    bytes,
+                    done: false,
+                };
+                let r = w.write_all(&batch.bytes).await;
+                batch.done = true;
                 r?;
             }
             drop(w);
@@ -269,6 +277,26 @@ impl Client {
             if lock(&self.outbox).is_empty() {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Frames being written by one task for several ([`Client::write_frame`]); wiped when dropped,
+/// and if dropped before the write finished, the connection is given up.
+struct Batch<'a> {
+    client: &'a Client,
+    bytes: Vec<u8>,
+    done: bool,
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+        if !self.done {
+            // Dropping the senders answers every waiter "connection closed"; later calls are
+            // refused the same way.
+            lock(&self.client.pending).take();
+            lock(&self.client.outbox).zeroize();
         }
     }
 }
@@ -397,3 +425,69 @@ macro_rules! client_methods {
 }
 
 custody_proto::for_each_op!(client_methods);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A fake server: answers `hello`, then holds the connection open without reading.
+    async fn server_that_stops_reading(listener: tokio::net::UnixListener) {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut header = [0u8; frame::HEADER_LEN];
+        s.read_exact(&mut header).await.expect("hello header");
+        let mut body = vec![0; u32::from_be_bytes(header) as usize];
+        s.read_exact(&mut body).await.expect("hello body");
+        let hello = Request::decode(&body).expect("hello request");
+        let resp = Response::ok(
+            hello.id,
+            &HelloResult {
+                version: PROTOCOL_VERSION,
+                server: "fake".into(),
+                max_frame: 64 << 20,
+                max_in_flight: 16,
+            },
+        );
+        let body = resp.encode().expect("encode");
+        s.write_all(&frame::encode(&body, u32::MAX).expect("frame"))
+            .await
+            .expect("hello response");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+
+    /// Frames sent together go out in one write by whichever task holds the socket; if that
+    /// task is cancelled half-way through, the requests it carried for others are answered
+    /// "connection closed" instead of being waited for forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_abandoned_half_way_fails_every_waiter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let server = tokio::spawn(server_that_stops_reading(listener));
+        let c = Arc::new(Client::connect(&path).await.expect("connect"));
+        // 8 MiB fill the socket: this write cannot finish.
+        let big = c.clone();
+        let writer = tokio::spawn(async move {
+            let data = vec![1; 8 << 20];
+            big.call_raw(names::PING, &PingArgs { data }).await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Queued behind it, for the blocked task to write.
+        let small = c.clone();
+        let waiter = tokio::spawn(async move {
+            small
+                .call_raw(names::PING, &PingArgs { data: vec![2] })
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        writer.abort();
+        let r = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiting request is answered, not left hanging")
+            .expect("task");
+        assert!(matches!(r, Err(ClientError::Closed(_))), "{r:?}");
+        let later = c.call_raw(names::PING, &PingArgs { data: vec![3] }).await;
+        assert!(matches!(later, Err(ClientError::Closed(_))), "{later:?}");
+        server.abort();
+    }
+}

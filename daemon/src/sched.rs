@@ -65,6 +65,9 @@ pub struct SchedStats {
     pub late_refused: u64,
 }
 
+/// How often queued work is checked for a passed deadline (besides when a worker takes it).
+const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Bounds and threads.
 #[derive(Clone, Copy, Debug)]
 pub struct SchedConfig {
@@ -86,8 +89,10 @@ pub trait Work: Send {
     /// Delivers the refusal without running: the queue was full or closed, or the work was
     /// still queued at its deadline ([`Refused::Expired`]).
     fn refuse(self: Box<Self>, why: Refused);
-    /// True when nobody waits for the answer any more: dropped unrun.
+    /// True when nobody waits for the answer any more: dropped unrun ([`Work::discard`]).
     fn abandoned(&self) -> bool;
+    /// Drops abandoned work (wiping what it holds, if anything).
+    fn discard(self: Box<Self>) {}
 }
 
 thread_local! {
@@ -202,16 +207,50 @@ impl Inner {
         }
     }
 
+    /// Refuses work still queued at its deadline; a panic there leaves the thread alive.
+    fn expire(&self, task: Box<dyn Work>) {
+        self.counters.expired.fetch_add(1, Ordering::Relaxed);
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| task.refuse(Refused::Expired)));
+    }
+
+    /// Takes every queued job whose deadline has passed out of the queues and refuses it, so a
+    /// request is answered at its deadline even while every worker is stuck in a device call
+    /// that does not return.
+    fn expire_overdue(&self) {
+        let now = Instant::now();
+        let overdue: Vec<Job> = {
+            let mut q = self.lock();
+            if q.queued == 0 {
+                return;
+            }
+            let mut out = Vec::new();
+            for jobs in q.by_uid.values_mut() {
+                let (late, keep): (VecDeque<Job>, VecDeque<Job>) =
+                    jobs.drain(..).partition(|j| now >= j.deadline);
+                *jobs = keep;
+                out.extend(late);
+            }
+            q.by_uid.retain(|_, jobs| !jobs.is_empty());
+            let Queues { by_uid, turn, .. } = &mut *q;
+            turn.retain(|uid| by_uid.contains_key(uid));
+            q.queued -= out.len();
+            out
+        };
+        for job in overdue {
+            self.expire(job.task);
+        }
+    }
+
     fn run_job(&self, job: Job) {
         {
             let c = &self.counters;
             if job.task.abandoned() {
                 c.abandoned.fetch_add(1, Ordering::Relaxed);
+                job.task.discard();
                 return;
             }
             if Instant::now() >= job.deadline {
-                c.expired.fetch_add(1, Ordering::Relaxed);
-                job.task.refuse(Refused::Expired);
+                self.expire(job.task);
                 return;
             }
             c.started.fetch_add(1, Ordering::Relaxed);
@@ -251,6 +290,17 @@ impl Scheduler {
             ready: Condvar::new(),
             counters: Counters::default(),
         });
+        // Answers queued requests at their deadline even when no worker comes free.
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("custodyd-expiry".into())
+            .spawn(move || loop {
+                std::thread::sleep(EXPIRY_SWEEP);
+                match weak.upgrade() {
+                    Some(inner) if !inner.lock().closed => inner.expire_overdue(),
+                    _ => return,
+                }
+            })?;
         for i in 0..cfg.workers {
             let inner = inner.clone();
             std::thread::Builder::new()
@@ -452,6 +502,37 @@ mod tests {
         assert_eq!((st.expired, st.rejected), (1, 1), "{st:?}");
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(ran.load(Ordering::SeqCst), 1, "only the second job ran");
+    }
+
+    /// With the only worker stuck, a queued job is still answered `Expired` at its deadline
+    /// (within a sweep), and the stuck job's uid queue is left consistent.
+    #[test]
+    fn queued_jobs_expire_while_every_worker_is_stuck() {
+        let s = sched(1, 100, 100);
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let hold = s
+            .submit(0, later(), move || gate_rx.recv().unwrap())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let soon = Instant::now() + Duration::from_millis(50);
+        let expiring = s.submit(5, soon, || ()).unwrap();
+        let waiting = s.submit(6, later(), || 6).unwrap();
+        // The worker comes free after 3 s whatever happens, so a failure cannot hang.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            gate_tx.send(()).unwrap();
+        });
+        let answered = expiring.blocking_recv().unwrap();
+        assert_eq!(answered, Err(Refused::Expired));
+        assert!(
+            Instant::now() < soon + Duration::from_secs(2),
+            "answered only after the worker came free"
+        );
+        assert_eq!(s.stats().queued, 1);
+        release.join().unwrap();
+        hold.blocking_recv().unwrap().unwrap();
+        assert_eq!(waiting.blocking_recv().unwrap(), Ok(6));
+        assert_eq!(s.stats().expired, 1);
     }
 
     /// The running job sees its deadline; a caller that went away gets its job dropped.

@@ -55,9 +55,36 @@ pub fn encode(body: &[u8], max: u32) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
+/// Appends `parts` to `buf`, a buffer of outgoing frames that may hold plaintexts: when `buf`
+/// must grow, its bytes move to a new allocation and the old one is wiped, so no copy is left
+/// behind in freed memory.
+pub fn append_wiping(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    use zeroize::Zeroize;
+    let add: usize = parts.iter().map(|p| p.len()).sum();
+    if buf.capacity() - buf.len() < add {
+        let mut grown = Vec::with_capacity((buf.len() + add).max(2 * buf.capacity()));
+        grown.extend_from_slice(buf);
+        buf.zeroize();
+        *buf = grown;
+    }
+    for p in parts {
+        buf.extend_from_slice(p);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_wiping_keeps_order_and_grows() {
+        let mut buf = Vec::with_capacity(4);
+        append_wiping(&mut buf, &[b"ab", b"cd"]);
+        let cap = buf.capacity();
+        append_wiping(&mut buf, &[b"efgh"]);
+        assert_eq!(buf, b"abcdefgh");
+        assert!(buf.capacity() >= 8 && buf.capacity() >= cap);
+    }
 
     #[test]
     fn header_round_trip() {

@@ -196,7 +196,7 @@ impl Handle for BoxReencryptBatch {
             )));
         }
         let to = recipient(&a.to_public_key)?;
-        let deadline = std::time::Instant::now() + ctx.app.config.server.op_timeout() * 9 / 10;
+        let deadline = ctx.batch_deadline();
         let r = ctx
             .blocking(move |app| {
                 let k = app.keys.resolve(

@@ -77,7 +77,7 @@ impl Ctx {
         T: Send + 'static,
     {
         let limit = self.app.config.server.op_timeout();
-        self.blocking_within(limit, f).await
+        self.blocking_within(limit, false, f).await
     }
 
     /// Like [`Ctx::blocking`] for operations that generate keys (`keys.create`, `keys.rotate`):
@@ -93,10 +93,29 @@ impl Ctx {
             .server
             .op_timeout()
             .max(crate::backend::KEYGEN_TIMEOUT);
-        self.blocking_within(limit, f).await
+        self.blocking_within(limit, true, f).await
     }
 
-    async fn blocking_within<T, F>(&self, limit: std::time::Duration, f: F) -> Result<T, OpError>
+    /// When the items of a batch op must stop, so the answer can still say which ones were not
+    /// reached: nine tenths of the op timeout from now, and a tenth of it before the request's
+    /// own deadline ([`crate::backend::deadline`]; set from when the request was read).
+    pub fn batch_deadline(&self) -> Instant {
+        let limit = self.app.config.server.op_timeout();
+        let own = Instant::now() + limit * 9 / 10;
+        match crate::backend::deadline::current() {
+            Some(d) => own.min(d.checked_sub(limit / 10).unwrap_or(d)),
+            None => own,
+        }
+    }
+
+    /// `keygen`: the work may take [`crate::backend::KEYGEN_TIMEOUT`] from now even when that
+    /// passes the request's deadline.
+    async fn blocking_within<T, F>(
+        &self,
+        limit: std::time::Duration,
+        keygen: bool,
+        f: F,
+    ) -> Result<T, OpError>
     where
         F: FnOnce(&App) -> Result<T, OpError> + Send + 'static,
         T: Send + 'static,
@@ -104,9 +123,14 @@ impl Ctx {
         let timed_out = || refusal(Refused::Expired, limit);
         let deadline = Instant::now() + limit;
         // The request already runs on a worker (its slot, its turn): the work runs right here,
-        // within the request's deadline (set when it was read, [`queue_limit`]).
+        // within the request's deadline (set when it was read, [`queue_limit`]), or for key
+        // generation the key-generation limit from now if that is later.
         if crate::sched::on_worker() {
-            let deadline = crate::backend::deadline::current().unwrap_or(deadline);
+            let deadline = match crate::backend::deadline::current() {
+                Some(d) if keygen => d.max(deadline),
+                Some(d) => d,
+                None => deadline,
+            };
             let app = &self.app;
             return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 crate::backend::deadline::with(deadline, || f(app))
@@ -155,11 +179,12 @@ pub fn refusal(why: Refused, limit: std::time::Duration) -> OpError {
 }
 
 /// How long a request of `op` may wait for a worker: the op timeout, or for the ops that
-/// generate keys the longer key-generation timeout (as [`Ctx::blocking_keygen`]).
+/// generate keys (PROTOCOL.md §3.4) the longer key-generation timeout. Their work itself gets
+/// that limit from when it starts ([`Ctx::blocking_keygen`]).
 pub fn queue_limit(app: &App, op: &str) -> std::time::Duration {
     use custody_proto::ops::names;
     let limit = app.config.server.op_timeout();
-    if op == names::KEYS_CREATE || op == names::KEYS_ROTATE {
+    if [names::KEYS_CREATE, names::KEYS_ROTATE].contains(&op) {
         limit.max(crate::backend::KEYGEN_TIMEOUT)
     } else {
         limit

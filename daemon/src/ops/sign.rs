@@ -105,9 +105,9 @@ impl Handle for SignBatch {
         }
         let key = a.key;
         let digests = a.digests;
-        // Measured from here, before the blocking pool, so items stop in time for the answer to
-        // say which ones were not reached (the op timeout itself is the backstop).
-        let deadline = std::time::Instant::now() + ctx.app.config.server.op_timeout() * 9 / 10;
+        // Items stop in time for the answer to say which ones were not reached (the request's
+        // deadline itself is the backstop).
+        let deadline = ctx.batch_deadline();
         let (key, version, results) = ctx
             .blocking(move |app| {
                 let k = app.keys.resolve(

@@ -250,9 +250,19 @@ impl Work for RequestWork {
             queued,
         } = *self;
         stages::end(Stage::QueueHop, queued);
+        let id = req.id;
         // Ops are async (a few wait on timers or the runtime's blocking pool): driven to the end
         // here, on this worker, with the runtime's I/O and timers serving them.
-        let resp = rt.block_on(ops::dispatch(&app, &peer, req));
+        let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(ops::dispatch(&app, &peer, req))
+        }))
+        .unwrap_or_else(|_| {
+            let e = WireError::new(
+                ErrorCode::Internal,
+                "operation failed: the request panicked",
+            );
+            Response::err(id, e)
+        });
         tx.send_now(resp, Some(permit), &rt);
         drop(in_progress);
     }
@@ -277,6 +287,11 @@ impl Work for RequestWork {
 
     fn abandoned(&self) -> bool {
         self.tx.is_failed()
+    }
+
+    /// The connection is gone: the request's bytes (a plaintext to seal) are wiped unrun.
+    fn discard(mut self: Box<Self>) {
+        ops::scrub_value(&mut self.req.args);
     }
 }
 

@@ -128,7 +128,8 @@ impl Responder {
                     // queued meanwhile, and a runtime task writes it all when the peer reads.
                     {
                         let mut p = self.lock();
-                        let mut rest = bytes[done..].to_vec();
+                        let mut rest = Vec::with_capacity(bytes.len() - done + p.bytes.len());
+                        rest.extend_from_slice(&bytes[done..]);
                         rest.extend_from_slice(&p.bytes);
                         p.bytes.zeroize();
                         p.bytes = rest;
@@ -167,16 +168,16 @@ impl Responder {
 
     /// Encodes `resp` and appends its frame (and `permit`) to what is pending.
     fn queue(&self, mut resp: Response, permit: Option<OwnedSemaphorePermit>) -> Result<(), Gone> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(Gone);
-        }
         let body = match resp.encode() {
             Ok(b) if b.len() <= self.max_frame as usize => Ok(b),
-            Ok(_) => Response::err(
-                resp.id,
-                WireError::new(ErrorCode::TooLarge, "response exceeds the frame limit"),
-            )
-            .encode(),
+            Ok(mut too_big) => {
+                too_big.zeroize();
+                Response::err(
+                    resp.id,
+                    WireError::new(ErrorCode::TooLarge, "response exceeds the frame limit"),
+                )
+                .encode()
+            }
             Err(e) => Response::err(resp.id, e).encode(),
         };
         // A plaintext result is in the value and the body: gone once copied into the frame.
@@ -184,15 +185,21 @@ impl Responder {
             ops::scrub_value(v);
         }
         let mut body = body.map_err(|_| Gone)?;
-        {
+        let queued = {
+            // `failed` is set under this lock ([`Responder::fail`]): nothing is queued after the
+            // pending bytes were dropped, so no permit is left behind unreleased.
             let mut p = self.lock();
-            p.bytes
-                .extend_from_slice(&(body.len() as u32).to_be_bytes()[..frame::HEADER_LEN]);
-            p.bytes.extend_from_slice(&body);
-            p.permits.extend(permit);
-        }
+            if self.failed.load(Ordering::Acquire) {
+                Err(Gone)
+            } else {
+                let header = (body.len() as u32).to_be_bytes();
+                frame::append_wiping(&mut p.bytes, &[&header[..frame::HEADER_LEN], &body]);
+                p.permits.extend(permit);
+                Ok(())
+            }
+        };
         body.zeroize();
-        Ok(())
+        queued
     }
 
     /// True once a write failed or stalled: nothing more can be answered.
@@ -239,8 +246,8 @@ impl Responder {
     }
 
     fn fail(&self) {
-        self.failed.store(true, Ordering::Release);
         let mut p = self.lock();
+        self.failed.store(true, Ordering::Release);
         p.bytes.zeroize();
         p.permits.clear();
         drop(p);
