@@ -502,6 +502,31 @@ fn small_in_flight_limit_and_idle_timeout() {
     assert_eq!(d.terminate().code(), Some(0));
 }
 
+/// A raw connection that has sent `hello` (its answer left unread), and a second handle to
+/// write requests with, whose writes give up after `write_timeout`.
+fn raw_after_hello(
+    d: &Daemon,
+    write_timeout: Duration,
+) -> (
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+) {
+    use std::io::Write;
+    let stream = std::os::unix::net::UnixStream::connect(d.socket()).expect("connect");
+    let mut w = stream.try_clone().expect("clone");
+    w.set_write_timeout(Some(write_timeout)).expect("timeout");
+    let hello = frame_bytes(&request_body(
+        0,
+        names::HELLO,
+        &HelloArgs {
+            version: 1,
+            client: None,
+        },
+    ));
+    w.write_all(&hello).expect("hello");
+    (stream, w)
+}
+
 /// A client that keeps sending but never reads its responses is dropped once a response cannot
 /// be written for the idle timeout; the daemon keeps serving everyone else.
 #[test]
@@ -509,23 +534,9 @@ fn peer_that_stops_reading_is_dropped() {
     let d = DaemonBuilder::new()
         .server(&["idle_timeout_secs = 1", "max_in_flight = 4"])
         .start();
-    let stream = std::os::unix::net::UnixStream::connect(d.socket()).expect("connect");
-    let mut w = stream.try_clone().expect("clone");
-    w.set_write_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
+    let (stream, mut w) = raw_after_hello(&d, Duration::from_secs(20));
     let writer = std::thread::spawn(move || {
         use std::io::Write;
-        let hello = frame_bytes(&request_body(
-            0,
-            names::HELLO,
-            &HelloArgs {
-                version: 1,
-                client: None,
-            },
-        ));
-        if w.write_all(&hello).is_err() {
-            return 0;
-        }
         let mut sent = 0u64;
         for id in 1..=20_000u64 {
             let f = frame_bytes(&request_body(
@@ -583,21 +594,9 @@ fn a_peer_that_stops_reading_holds_no_worker() {
         .server(&["idle_timeout_secs = 60", "max_in_flight = 4"])
         .extra("[scheduler]\nworkers = 1\n")
         .start();
-    let stream = std::os::unix::net::UnixStream::connect(d.socket()).expect("connect");
-    let mut w = stream.try_clone().expect("clone");
-    w.set_write_timeout(Some(Duration::from_secs(3)))
-        .expect("timeout");
+    let (stream, mut w) = raw_after_hello(&d, Duration::from_secs(3));
     let writer = std::thread::spawn(move || {
         use std::io::Write;
-        let hello = frame_bytes(&request_body(
-            0,
-            names::HELLO,
-            &HelloArgs {
-                version: 1,
-                client: None,
-            },
-        ));
-        w.write_all(&hello).expect("hello");
         let mut key = [0u8; 32];
         key[0] = 9;
         for id in 1..=64u64 {

@@ -9,6 +9,7 @@ use custody_proto::ops::{names, HelloArgs, HelloResult};
 use custody_proto::{frame, ErrorCode, FrameError, Request, Response, WireError, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
+use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
@@ -207,7 +208,7 @@ pub async fn serve(
                 tx: tx.clone(),
                 permit,
                 in_progress,
-                rt: tokio::runtime::Handle::current(),
+                rt: Handle::current(),
                 queued: stages::start(),
             };
             // A refusal (queue full, shutting down) is answered by the work itself.
@@ -233,43 +234,14 @@ struct RequestWork {
     permit: OwnedSemaphorePermit,
     /// The uid's budget share ([`crate::sched::Scheduler::enter`]): back once answered.
     in_progress: crate::sched::Active,
-    rt: tokio::runtime::Handle,
+    rt: Handle,
     queued: Option<std::time::Instant>,
 }
 
-impl Work for RequestWork {
-    fn run(self: Box<Self>) {
-        let RequestWork {
-            app,
-            peer,
-            req,
-            tx,
-            permit,
-            in_progress,
-            rt,
-            queued,
-        } = *self;
-        stages::end(Stage::QueueHop, queued);
-        let id = req.id;
-        // Ops are async (a few wait on timers or the runtime's blocking pool): driven to the end
-        // here, on this worker, with the runtime's I/O and timers serving them.
-        let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rt.block_on(ops::dispatch(&app, &peer, req))
-        }))
-        .unwrap_or_else(|_| {
-            let e = WireError::new(
-                ErrorCode::Internal,
-                "operation failed: the request panicked",
-            );
-            Response::err(id, e)
-        });
-        tx.send_now(resp, Some(permit), &rt);
-        drop(in_progress);
-    }
-
-    /// Answered without running, as the op would have been refused (`busy`, timed out,
-    /// shutting down), after its rights are checked.
-    fn refuse(self: Box<Self>, why: Refused) {
+impl RequestWork {
+    /// Writes the response `respond` makes of the request (from this thread), and gives back
+    /// the request's in-flight slot and budget.
+    fn answer(self, respond: impl FnOnce(&Arc<App>, &Peer, Request, &Handle) -> Response) {
         let RequestWork {
             app,
             peer,
@@ -279,10 +251,37 @@ impl Work for RequestWork {
             in_progress,
             rt,
             ..
-        } = *self;
-        let resp = ops::refuse(&app, &peer, req, why);
+        } = self;
+        let resp = respond(&app, &peer, req, &rt);
         tx.send_now(resp, Some(permit), &rt);
         drop(in_progress);
+    }
+}
+
+impl Work for RequestWork {
+    fn run(self: Box<Self>) {
+        stages::end(Stage::QueueHop, self.queued);
+        self.answer(|app, peer, req, rt| {
+            let id = req.id;
+            // Ops are async (a few wait on timers or the runtime's blocking pool): driven to the
+            // end here, on this worker, with the runtime's I/O and timers serving them.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rt.block_on(ops::dispatch(app, peer, req))
+            }))
+            .unwrap_or_else(|_| {
+                let e = WireError::new(
+                    ErrorCode::Internal,
+                    "operation failed: the request panicked",
+                );
+                Response::err(id, e)
+            })
+        });
+    }
+
+    /// Answered without running, as the op would have been refused (`busy`, timed out,
+    /// shutting down), after its rights are checked.
+    fn refuse(self: Box<Self>, why: Refused) {
+        self.answer(|app, peer, req, _| ops::refuse(app, peer, req, why));
     }
 
     fn abandoned(&self) -> bool {

@@ -65,6 +65,13 @@ impl Responder {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Everything pending, to be written by the caller (who holds the socket), with the
+    /// permits to release once it is.
+    fn take_pending(&self) -> (Vec<u8>, Vec<OwnedSemaphorePermit>) {
+        let mut p = self.lock();
+        (std::mem::take(&mut p.bytes), std::mem::take(&mut p.permits))
+    }
+
     /// Encodes `resp` (a response larger than the frame limit becomes `too_large`), queues it and
     /// writes if no other task is writing; `permit` is released once the bytes are written.
     pub async fn send(
@@ -97,10 +104,7 @@ impl Responder {
             return;
         };
         loop {
-            let (mut bytes, permits) = {
-                let mut p = self.lock();
-                (std::mem::take(&mut p.bytes), std::mem::take(&mut p.permits))
-            };
+            let (mut bytes, permits) = self.take_pending();
             if bytes.is_empty() {
                 break;
             }
@@ -214,10 +218,7 @@ impl Responder {
                 return Ok(());
             };
             loop {
-                let (mut bytes, permits) = {
-                    let mut p = self.lock();
-                    (std::mem::take(&mut p.bytes), std::mem::take(&mut p.permits))
-                };
+                let (mut bytes, permits) = self.take_pending();
                 if bytes.is_empty() {
                     break;
                 }
