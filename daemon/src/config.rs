@@ -534,6 +534,20 @@ mod tests {
 
     const MIN: &str = "[storage]\npath = \"/tmp/x.db\"\n";
 
+    /// The sample configurations in hsm-config/ (README points users at them) parse: a key
+    /// renamed or removed here must be changed there too.
+    #[test]
+    fn sample_configurations_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hsm-config");
+        for name in ["custodyd.softhsm.toml", "custodyd.hardware.toml"] {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = Config::parse(&text, &path) {
+                panic!("{name}: {e}");
+            }
+        }
+    }
+
     #[test]
     fn minimal_config_has_defaults() {
         let c = Config::parse(MIN, Path::new("c.toml")).unwrap();
