@@ -99,73 +99,72 @@ impl Responder {
         if self.queue(resp, permit).is_err() {
             return;
         }
-        // Another writer holds the socket: it writes what was just queued.
-        let Ok(wr) = self.wr.try_lock() else {
-            return;
-        };
         loop {
-            let (mut bytes, permits) = self.take_pending();
-            if bytes.is_empty() {
+            // Another writer holds the socket: it writes what was just queued.
+            let Ok(wr) = self.wr.try_lock() else {
+                break;
+            };
+            loop {
+                let (mut bytes, permits) = self.take_pending();
+                if bytes.is_empty() {
+                    break;
+                }
+                let mut done = 0;
+                let res = loop {
+                    match wr.try_write(&bytes[done..]) {
+                        Ok(n) if n > 0 => {
+                            done += n;
+                            if done == bytes.len() {
+                                break Ok(());
+                            }
+                        }
+                        Ok(_) => break Err(std::io::ErrorKind::WriteZero.into()),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                match res {
+                    Ok(()) => {
+                        bytes.zeroize();
+                        drop(permits);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // The socket is full: the unwritten rest goes back in front of what was
+                        // queued meanwhile, and a runtime task writes it all when the peer reads.
+                        {
+                            let mut p = self.lock();
+                            let mut rest = Vec::with_capacity(bytes.len() - done + p.bytes.len());
+                            rest.extend_from_slice(&bytes[done..]);
+                            rest.extend_from_slice(&p.bytes);
+                            p.bytes.zeroize();
+                            p.bytes = rest;
+                            let mut held = permits;
+                            held.append(&mut p.permits);
+                            p.permits = held;
+                        }
+                        bytes.zeroize();
+                        drop(wr);
+                        let this = self.clone();
+                        rt.spawn(async move {
+                            let _ = this.flush().await;
+                        });
+                        stages::end(Stage::EncodeWrite, t);
+                        return;
+                    }
+                    Err(_) => {
+                        bytes.zeroize();
+                        drop(permits);
+                        drop(wr);
+                        self.fail();
+                        return;
+                    }
+                }
+            }
+            drop(wr);
+            // A writer that queued while this thread held the socket left its bytes to it.
+            if self.lock().bytes.is_empty() {
                 break;
             }
-            let mut done = 0;
-            let res = loop {
-                match wr.try_write(&bytes[done..]) {
-                    Ok(n) if n > 0 => {
-                        done += n;
-                        if done == bytes.len() {
-                            break Ok(());
-                        }
-                    }
-                    Ok(_) => break Err(std::io::ErrorKind::WriteZero.into()),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(e),
-                }
-            };
-            match res {
-                Ok(()) => {
-                    bytes.zeroize();
-                    drop(permits);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // The socket is full: the unwritten rest goes back in front of what was
-                    // queued meanwhile, and a runtime task writes it all when the peer reads.
-                    {
-                        let mut p = self.lock();
-                        let mut rest = Vec::with_capacity(bytes.len() - done + p.bytes.len());
-                        rest.extend_from_slice(&bytes[done..]);
-                        rest.extend_from_slice(&p.bytes);
-                        p.bytes.zeroize();
-                        p.bytes = rest;
-                        let mut held = permits;
-                        held.append(&mut p.permits);
-                        p.permits = held;
-                    }
-                    bytes.zeroize();
-                    drop(wr);
-                    let this = self.clone();
-                    rt.spawn(async move {
-                        let _ = this.flush().await;
-                    });
-                    stages::end(Stage::EncodeWrite, t);
-                    return;
-                }
-                Err(_) => {
-                    bytes.zeroize();
-                    drop(permits);
-                    drop(wr);
-                    self.fail();
-                    return;
-                }
-            }
-        }
-        drop(wr);
-        // A writer that queued while this thread held the socket left its bytes to it.
-        if !self.lock().bytes.is_empty() {
-            let this = self.clone();
-            rt.spawn(async move {
-                let _ = this.flush().await;
-            });
         }
         stages::end(Stage::EncodeWrite, t);
     }
