@@ -182,7 +182,12 @@ pub fn derive_secret(password: &str, salt: &str) -> Result<Zeroizing<[u8; KEY_LE
 
 /// SHA-256 of a plaintext as lowercase hex: an access grant's `content_hash`.
 pub fn content_hash(plaintext: &[u8]) -> String {
-    hex::encode(Sha256::digest(plaintext))
+    hex::encode(content_digest(plaintext))
+}
+
+/// The plaintext's SHA-256, raw: what `content_hash` encodes.
+pub fn content_digest(plaintext: &[u8]) -> [u8; 32] {
+    Sha256::digest(plaintext).into()
 }
 
 #[cfg(test)]

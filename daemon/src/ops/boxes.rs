@@ -107,9 +107,9 @@ fn reencrypt_with(
     to: &[u8; KEY_LEN],
     expect: Option<[u8; 32]>,
 ) -> Result<(idos::Sealed, String), OpError> {
-    let hash = idos::content_hash(&pt);
+    // One digest serves both the check and the returned hex.
+    let actual = idos::content_digest(&pt);
     if let Some(e) = expect {
-        let actual = <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&pt[..]));
         if !bool::from(actual.ct_eq(&e)) {
             return Err(OpError::new(
                 ErrorCode::Integrity,
@@ -117,7 +117,7 @@ fn reencrypt_with(
             ));
         }
     }
-    Ok((idos::seal(to, &pt)?, hash))
+    Ok((idos::seal(to, &pt)?, hex::encode(actual)))
 }
 
 impl Handle for BoxSeal {
