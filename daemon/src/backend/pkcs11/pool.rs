@@ -55,6 +55,10 @@ struct State {
     /// Set when the token rejected the PIN itself: never try it again in this process, since
     /// every attempt counts against the token's retry limit and could lock the PIN.
     pin_rejected: bool,
+    /// Threads waiting in [`SessionPool::acquire`] for a session to come free: a returned
+    /// session wakes one only if there is one (with std's futex condvar, every `notify_one` is a
+    /// system call).
+    waiting: usize,
 }
 
 /// Shortest interval between two module re-initialisations.
@@ -99,9 +103,12 @@ impl PooledSession<'_> {
             let mut st = self.pool.lock();
             st.open = st.open.saturating_sub(1);
             st.discarded_total += 1;
+            let wake = st.waiting > 0;
             drop(st);
             sessions_removed(1);
-            self.pool.freed.notify_one();
+            if wake {
+                self.pool.freed.notify_one();
+            }
         }
     }
 }
@@ -110,6 +117,7 @@ impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
             let mut st = self.pool.lock();
+            let wake = st.waiting > 0;
             if st.generation == self.generation {
                 st.idle.push(s);
                 drop(st);
@@ -119,7 +127,9 @@ impl Drop for PooledSession<'_> {
                 drop(s);
                 sessions_removed(1);
             }
-            self.pool.freed.notify_one();
+            if wake {
+                self.pool.freed.notify_one();
+            }
         }
     }
 }
@@ -150,6 +160,7 @@ impl SessionPool {
                 last_reinit: None,
                 login_error: None,
                 pin_rejected: false,
+                waiting: 0,
             }),
             freed: Condvar::new(),
             login: Mutex::new(()),
@@ -268,9 +279,12 @@ impl SessionPool {
                     Err(e) => {
                         let mut st = self.lock();
                         st.open = st.open.saturating_sub(1);
+                        let wake = st.waiting > 0;
                         drop(st);
                         sessions_removed(1);
-                        self.freed.notify_one();
+                        if wake {
+                            self.freed.notify_one();
+                        }
                         Err(e)
                     }
                 };
@@ -283,11 +297,13 @@ impl SessionPool {
                     self.wait.as_millis()
                 )));
             }
+            st.waiting += 1;
             st = self
                 .freed
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            st.waiting -= 1;
         }
     }
 
