@@ -617,9 +617,12 @@ pub fn run(s: &Settings) -> Results {
         },
     );
     let x_pub: [u8; 32] = b.public("idos-user", "raw").try_into().expect("32 bytes");
-    let d_box = idos::seal(&d_pub, &plaintext).expect("seal");
-    let x_box = idos::seal(&x_pub, &plaintext).expect("seal");
-    let grantee = idos::seal(&d_pub, b"").expect("a key").encryptor_public_key;
+    let to = |pk: [u8; 32]| idos::Recipient::new(pk).expect("a full-order key");
+    let d_box = idos::seal(&to(d_pub), &plaintext).expect("seal");
+    let x_box = idos::seal(&to(x_pub), &plaintext).expect("seal");
+    let grantee = idos::seal(&to(d_pub), b"")
+        .expect("a key")
+        .encryptor_public_key;
     let d_open = || {
         let c = idos::parse_content(&d_box.content).expect("content");
         let pt = sw
@@ -633,7 +636,8 @@ pub fn run(s: &Settings) -> Results {
             .box_open(&d_ref, &d_box.encryptor_public_key, &c.nonce, c.boxed)
             .expect("direct box open");
         let hash = idos::content_hash(&pt);
-        let s = idos::seal(&grantee, &pt).expect("seal");
+        // The grantee's key is checked on each call, as the daemon checks each request's.
+        let s = idos::seal(&to(grantee), &pt).expect("seal");
         assert_eq!((hash.len(), s.content.len()), (64, 1064));
     };
     let open_args = || BoxOpenArgs {

@@ -90,17 +90,34 @@ pub struct Sealed {
     pub encryptor_public_key: [u8; KEY_LEN],
 }
 
+/// A recipient public key, checked once (not a point of small order) however many boxes are
+/// then sealed to it: a batch re-encryption to one grantee checks its key once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recipient([u8; KEY_LEN]);
+
+impl Recipient {
+    /// `BadInput` for a point of small order ([`is_low_order`]).
+    pub fn new(pk: [u8; KEY_LEN]) -> Result<Recipient, IdosError> {
+        if is_low_order(&pk) {
+            return Err(IdosError::BadInput(
+                "recipient public key is a low-order point".into(),
+            ));
+        }
+        Ok(Recipient(pk))
+    }
+
+    /// The key's 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
 /// Seals `plaintext` to `to` with a fresh ephemeral key pair and a fresh random nonce (idOS's
 /// rule: never a long-term sender key). The ephemeral secret is dropped (zeroized) on return.
-pub fn seal(to: &[u8; KEY_LEN], plaintext: &[u8]) -> Result<Sealed, IdosError> {
-    if is_low_order(to) {
-        return Err(IdosError::BadInput(
-            "recipient public key is a low-order point".into(),
-        ));
-    }
+pub fn seal(to: &Recipient, plaintext: &[u8]) -> Result<Sealed, IdosError> {
     let eph = SecretKey::generate(&mut OsRng);
     let epk = eph.public_key().to_bytes();
-    let b = SalsaBox::new(&PublicKey::from(*to), &eph);
+    let b = SalsaBox::new(&PublicKey::from(to.0), &eph);
     let nonce = SalsaBox::generate_nonce(&mut OsRng);
     let mut content = Vec::with_capacity(MIN_CONTENT + plaintext.len());
     content.extend_from_slice(&nonce);
@@ -258,7 +275,7 @@ mod tests {
     #[test]
     fn seal_open_round_trip_fresh_keys_and_failures() {
         let sk = SecretKey::generate(&mut OsRng);
-        let pk = sk.public_key().to_bytes();
+        let pk = Recipient::new(sk.public_key().to_bytes()).unwrap();
         let a = seal(&pk, b"credential").unwrap();
         let b = seal(&pk, b"credential").unwrap();
         assert_ne!(
@@ -313,7 +330,7 @@ mod tests {
         one[0] = 1;
         for lo in [[0u8; 32], one, p_minus_1] {
             assert!(is_low_order(&lo));
-            assert!(matches!(seal(&lo, b"x"), Err(IdosError::BadInput(_))));
+            assert!(matches!(Recipient::new(lo), Err(IdosError::BadInput(_))));
         }
         let sk = SecretKey::generate(&mut OsRng);
         assert!(!is_low_order(&sk.public_key().to_bytes()));

@@ -40,15 +40,12 @@ fn key32(bytes: &[u8], what: &str) -> Result<[u8; KEY_LEN], OpError> {
     Ok(idos::public_key(bytes, what)?)
 }
 
-/// A recipient key: 32 bytes and not a low-order point.
-fn recipient(bytes: &[u8]) -> Result<[u8; KEY_LEN], OpError> {
+/// A recipient key: 32 bytes and not a low-order point, checked once per request.
+fn recipient(bytes: &[u8]) -> Result<idos::Recipient, OpError> {
     let to = key32(bytes, "`to_public_key`")?;
-    if idos::is_low_order(&to) {
-        return Err(OpError::bad(
-            "`to_public_key` is a low-order point: a box to it protects nothing",
-        ));
-    }
-    Ok(to)
+    idos::Recipient::new(to).map_err(|_| {
+        OpError::bad("`to_public_key` is a low-order point: a box to it protects nothing")
+    })
 }
 
 /// An expected content hash: 64 hex digits (either case), as 32 bytes.
@@ -82,7 +79,7 @@ fn reencrypt_one(
     k: &KeyVersion,
     encryptor: &[u8; KEY_LEN],
     content: &[u8],
-    to: &[u8; KEY_LEN],
+    to: &idos::Recipient,
     expect: Option<[u8; 32]>,
 ) -> Result<(idos::Sealed, String), OpError> {
     reencrypt_with(open(k, encryptor, content)?, to, expect)
@@ -104,7 +101,7 @@ fn open_with_secret(
 /// Checks the hash of an opened plaintext and seals it to `to`.
 fn reencrypt_with(
     pt: zeroize::Zeroizing<Vec<u8>>,
-    to: &[u8; KEY_LEN],
+    to: &idos::Recipient,
     expect: Option<[u8; 32]>,
 ) -> Result<(idos::Sealed, String), OpError> {
     // One digest serves both the check and the returned hex.
