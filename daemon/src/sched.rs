@@ -442,14 +442,21 @@ mod tests {
         Instant::now() + Duration::from_secs(60)
     }
 
+    /// Holds a worker in a job of uid 0 until the sender sends; the receiver answers once that
+    /// job has ended.
+    fn hold_worker(s: &Scheduler) -> (mpsc::Sender<()>, oneshot::Receiver<Result<(), Refused>>) {
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let held = s
+            .submit(0, later(), move || gate_rx.recv().unwrap())
+            .unwrap();
+        (gate_tx, held)
+    }
+
     /// One worker, held busy; uid 1 queues ten jobs, then uid 2 one: uid 2's runs second.
     #[test]
     fn uids_are_served_in_turn() {
         let s = sched(1, 100, 100);
-        let (gate_tx, gate_rx) = mpsc::channel::<()>();
-        let hold = s
-            .submit(0, later(), move || gate_rx.recv().unwrap())
-            .unwrap();
+        let (gate_tx, hold) = hold_worker(&s);
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut rxs = Vec::new();
         for i in 0..10 {
@@ -480,10 +487,7 @@ mod tests {
     #[test]
     fn expired_jobs_do_not_run_and_queues_are_bounded() {
         let s = sched(1, 100, 2);
-        let (gate_tx, gate_rx) = mpsc::channel::<()>();
-        let hold = s
-            .submit(0, later(), move || gate_rx.recv().unwrap())
-            .unwrap();
+        let (gate_tx, hold) = hold_worker(&s);
         let ran = Arc::new(AtomicU64::new(0));
         let r = ran.clone();
         let soon = Instant::now() + Duration::from_millis(20);
@@ -509,10 +513,7 @@ mod tests {
     #[test]
     fn queued_jobs_expire_while_every_worker_is_stuck() {
         let s = sched(1, 100, 100);
-        let (gate_tx, gate_rx) = mpsc::channel::<()>();
-        let hold = s
-            .submit(0, later(), move || gate_rx.recv().unwrap())
-            .unwrap();
+        let (gate_tx, hold) = hold_worker(&s);
         std::thread::sleep(Duration::from_millis(20));
         let soon = Instant::now() + Duration::from_millis(50);
         let expiring = s.submit(5, soon, || ()).unwrap();
@@ -542,10 +543,7 @@ mod tests {
         let d = later();
         let seen = s.submit(3, d, deadline::current).unwrap();
         assert_eq!(seen.blocking_recv().unwrap(), Ok(Some(d)));
-        let (gate_tx, gate_rx) = mpsc::channel::<()>();
-        let hold = s
-            .submit(0, later(), move || gate_rx.recv().unwrap())
-            .unwrap();
+        let (gate_tx, hold) = hold_worker(&s);
         let ran = Arc::new(AtomicU64::new(0));
         let r = ran.clone();
         drop(s.submit(4, later(), move || r.fetch_add(1, Ordering::SeqCst)));
