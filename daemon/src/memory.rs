@@ -8,9 +8,9 @@
 //! under 8 MiB (heaptrack). With the work on the fixed worker threads only it stayed flat, which
 //! located the cause; requests now run whole on those workers ([`crate::sched`]). Threads still
 //! differ in what they allocate, so every [`TRIM_EVERY`] the free pages of every arena go back to
-//! the system as well ([`trim`], `malloc_trim(0)`). Capping the arenas as well (`mallopt(M_ARENA_MAX, 2)`) flattened RSS more
-//! but slowed a flood of 256 KiB requests until connections broke (`tests/tests/fairness.rs`),
-//! so it is not done. Figures in README.md, "Guarantees". `malloc_trim` is an FFI call, the
+//! the system ([`trim`], `malloc_trim(0)`). Capping the arenas too (`mallopt(M_ARENA_MAX, 2)`)
+//! flattened RSS more but slowed a flood of 256 KiB requests until connections broke
+//! (`tests/tests/fairness.rs`), so it is not done. Figures in README.md, "Guarantees". `malloc_trim` is an FFI call, the
 //! daemon's only `unsafe` code besides the TPM lockout reset.
 
 use std::time::Duration;
